@@ -1,0 +1,54 @@
+"""Command line: ``medseg <command> ...``.
+
+Each command lives in its own module with ``register(subparsers)``; a ``MedsegError``
+becomes one line on stderr and its exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from medseg import __version__
+from medseg.errors import MedsegError
+
+COMMAND_MODULES = (
+    "medseg.cli.segment",
+    "medseg.cli.phantom",
+    "medseg.cli.model",
+    "medseg.cli.train",
+    "medseg.cli.evaluate",
+    "medseg.cli.serve",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"medseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except MedsegError as exc:
+        print(f"medseg {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"medseg {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The model card: a small JSON file beside a model that states its preprocessing contract.
+
+The runtime never guesses how a model wants its input: size, layout, channel statistics,
+threshold and what the output means are read from ``<model>.json`` (the model path with its
+last suffix replaced by ``.json``), so a different model can declare a different contract.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from medseg.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Code:
+    """A coded concept (e.g. SNOMED CT) as DICOM-SEG category/type codes need it."""
+
+    value: str
+    scheme: str
+    meaning: str
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """One output channel of the model as a DICOM-SEG segment."""
+
+    label: str = "Lesion"
+    category: Code = Code("49755003", "SCT", "Morphologically Altered Structure")
+    type: Code = Code("52988006", "SCT", "Lesion")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a model expects and what it produces.
+
+    ``input_size`` is (height, width). ``layout`` is the tensor layout the model file
+    takes: engines always receive NCHW and transpose for NHWC models (e.g. QNN context
+    binaries from a model zoo). ``batch`` is None for a dynamic batch axis, else the fixed
+    batch size the file was compiled for.
+    """
+
+    name: str
+    version: str = "0.0.0"
+    architecture: str = "SAM2-UNet"
+    input_name: str = "image"
+    output_name: str = "logits"
+    input_size: tuple[int, int] = (352, 352)
+    channels: int = 3
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    batch: int | None = None
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    output: Literal["logits", "probabilities"] = "logits"
+    threshold: float = 0.5
+    segments: tuple[SegmentSpec, ...] = (SegmentSpec(),)
+    default_ct_window: str = "abdomen"
+    mr_percentiles: tuple[float, float] = (0.5, 99.5)
+    quantized: bool = False
+    intended_use: str = "research only, not for clinical use"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 2 or min(self.input_size) < 8:
+            raise ConfigError(f"model card {self.name}: input_size must be (height, width)")
+        if self.layout not in ("NCHW", "NHWC"):
+            raise ConfigError(f"model card {self.name}: layout must be NCHW or NHWC")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ConfigError(f"model card {self.name}: mean/std need {self.channels} values")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"model card {self.name}: std must be positive")
+        if self.output not in ("logits", "probabilities"):
+            raise ConfigError(f"model card {self.name}: output must be logits or probabilities")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"model card {self.name}: threshold must lie in (0, 1)")
+        if not self.segments:
+            raise ConfigError(f"model card {self.name}: at least one segment is required")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelCard:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"model card: unknown key(s) {sorted(unknown)}")
+        if "name" not in data:
+            raise ConfigError("model card: 'name' is required")
+        values = dict(data)
+        for key in ("input_size", "mean", "std", "mr_percentiles"):
+            if key in values:
+                values[key] = tuple(values[key])
+        if "segments" in values:
+            values["segments"] = tuple(_segment_from_dict(s) for s in values["segments"])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ConfigError(f"model card: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, path: Path) -> ModelCard:
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"model card not found: {path}") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"model card {path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+
+
+def _segment_from_dict(data: dict[str, Any]) -> SegmentSpec:
+    try:
+        return SegmentSpec(
+            label=data.get("label", "Lesion"),
+            category=Code(**data["category"]) if "category" in data else SegmentSpec().category,
+            type=Code(**data["type"]) if "type" in data else SegmentSpec().type,
+        )
+    except TypeError as exc:
+        raise ConfigError(f"model card segment: {exc}") from exc
+
+
+def card_path_for(model_path: Path) -> Path:
+    """``models/x.onnx`` -> ``models/x.json``; ``x.qnn236.ctx.bin`` -> ``x.qnn236.ctx.json``."""
+    return Path(model_path).with_suffix(".json")
+
+
+def load_card_for(model_path: Path) -> ModelCard:
+    """The card beside ``model_path``; a clear error when it is missing."""
+    card = card_path_for(model_path)
+    if not card.is_file():
+        raise ConfigError(
+            f"no model card beside {model_path}: expected {card} (see docs/model-card.md)"
+        )
+    return ModelCard.load(card)
+
+
+def bundled_models_dir() -> Path:
+    """Where the bundled default model lives: the wheel's copy, else the checkout's."""
+    package_dir = Path(__file__).resolve().parent
+    for candidate in (package_dir / "bundled_models", package_dir.parent / "models"):
+        if candidate.is_dir():
+            return candidate
+    raise ConfigError("the bundled models folder is missing from this installation")
+
+
+DEFAULT_MODEL_NAME = "sam2unet_phantom.onnx"
+
+
+def default_model_path() -> Path:
+    """The bundled default model file, with a clear error if it is absent."""
+    path = bundled_models_dir() / DEFAULT_MODEL_NAME
+    if not path.is_file():
+        raise ConfigError(f"bundled model {path} is missing; pass --model or see models/README.md")
+    return path

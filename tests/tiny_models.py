@@ -1,0 +1,69 @@
+"""Tiny ONNX models with SAM2-UNet's I/O contract, built inside the tests.
+
+``image`` [N, 3, H, W] float32 in, ``logits`` [N, 1, H, W] float32 out. The model marks
+pixels brighter than a level of the *windowed* intensity, so a test knows exactly which
+voxels a correct pipeline must return.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from medseg.modelcard import IMAGENET_MEAN, IMAGENET_STD, ModelCard
+
+
+def make_bright_model(
+    path: Path,
+    level: float = 0.5,
+    gain: float = 40.0,
+    size: tuple[int, int] = (352, 352),
+    static_batch: int | None = None,
+    card_overrides: dict | None = None,
+) -> ModelCard:
+    """Write an ONNX model whose logit is ``gain * (intensity - level)`` and its card.
+
+    ``intensity`` is channel 0 un-normalised back to [0, 1] with ImageNet statistics, so the
+    threshold 0.5 of the card corresponds to windowed intensity ``level``.
+    """
+    batch: int | str = static_batch if static_batch else "N"
+    height, width = size
+    mean, std = IMAGENET_MEAN[0], IMAGENET_STD[0]
+    # logit = gain * (x * std + mean - level) = (gain * std) * x + gain * (mean - level)
+    scale = np.array(gain * std, dtype=np.float32)
+    shift = np.array(gain * (mean - level), dtype=np.float32)
+    nodes = [
+        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["ch0"]),
+        helper.make_node("Mul", ["ch0", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "shift"], ["logits"]),
+    ]
+    inits = [
+        helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("ends", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [float(scale)]),
+        helper.make_tensor("shift", TensorProto.FLOAT, [], [float(shift)]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bright",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, height, width])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 1, height, width])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    fields = {"name": "test-bright", "version": "0.0.1", "input_size": size}
+    if static_batch:
+        fields["batch"] = static_batch
+    fields.update(card_overrides or {})
+    card = ModelCard.from_dict(fields)
+    card.save(path.with_suffix(".json"))
+    return card
