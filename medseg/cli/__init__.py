@@ -26,7 +26,9 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medseg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="medseg", description="AI segmentation node for a PACS: SAM2-UNet, DICOM-SEG out."
+    )
     parser.add_argument("--version", action="version", version=f"medseg {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

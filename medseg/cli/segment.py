@@ -1,0 +1,134 @@
+"""``medseg segment``: one DICOM series in, one DICOM-SEG out (plus an optional PNG preview)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from medseg.engine import BACKENDS
+from medseg.preprocess import CT_PRESETS
+
+log = logging.getLogger(__name__)
+
+PROMPT_HELP = """prompts (coordinates are 0-based voxel indices: column, row, slice; or LPS mm):
+  --box x0,y0,x1,y1@k        box on slice k (inclusive corners); @k0-k1 for a range,
+                             no @ for every slice
+  --box-mm x0,y0,x1,y1@z     box in LPS mm at z (mm); @z0:z1 for a range
+  --point i,j,k[:neg]        positive point (keep its component) or negative (drop it)
+  --point-mm x,y,z[:neg]     the same in LPS mm
+values starting with '-' need '=': --point-mm=-12.5,30,-100  --window=-600/1500
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment a CT/MR series into a DICOM-SEG",
+        description=(
+            "Segment one CT or MR series (files and/or folders, searched recursively) with "
+            "the model and write a DICOM Segmentation. See docs/segment.md."
+        ),
+        epilog=PROMPT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="DICOM files/folders")
+    parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.dcm")
+    parser.add_argument("--model", type=Path, help="model file (default: the bundled model)")
+    parser.add_argument(
+        "--backend", default="auto", choices=("auto", *BACKENDS), help="default: by extension"
+    )
+    parser.add_argument("--threads", type=int, help="CPU inference threads (default: all)")
+    parser.add_argument(
+        "--providers",
+        default="",
+        metavar="P[,P...]",
+        help="ONNX Runtime execution providers to try first, e.g. cuda or qnn",
+    )
+    parser.add_argument(
+        "--window",
+        default="auto",
+        help=(
+            f"CT preset ({', '.join(CT_PRESETS)}), 'dicom' (the file's own), 'C/W' such as "
+            "40/400, 'pLOW-HIGH' percentiles, or 'auto' (CT: the model's preset, MR: "
+            "percentiles; default)"
+        ),
+    )
+    parser.add_argument("--box", action="append", default=[], metavar="x0,y0,x1,y1@k")
+    parser.add_argument("--box-mm", action="append", default=[], metavar="x0,y0,x1,y1@z")
+    parser.add_argument("--point", action="append", default=[], metavar="i,j,k[:neg]")
+    parser.add_argument("--point-mm", action="append", default=[], metavar="x,y,z[:neg]")
+    parser.add_argument(
+        "--box-margin", type=float, default=0.15, help="context around a box (fraction, 0.15)"
+    )
+    parser.add_argument(
+        "--point-crop", type=float, default=64.0, metavar="MM", help="point crop size (64 mm)"
+    )
+    parser.add_argument("--threshold", type=float, help="probability threshold (default: card)")
+    parser.add_argument("--series", metavar="UID", help="the series to use if there are several")
+    parser.add_argument(
+        "--min-volume", type=float, default=0.0, metavar="MM3", help="drop smaller components"
+    )
+    parser.add_argument("--largest", action="store_true", help="keep the largest component only")
+    parser.add_argument("--fill-holes", action="store_true", help="fill holes slice by slice")
+    parser.add_argument("--fractional", action="store_true", help="FRACTIONAL SEG (probabilities)")
+    parser.add_argument("--series-number", type=int, default=9001, help="SEG SeriesNumber")
+    parser.add_argument(
+        "--series-description", default="medseg segmentation", help="SEG SeriesDescription"
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="slices per inference call")
+    parser.add_argument("--preview", type=Path, metavar="OUT.png", help="write a PNG montage")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.set_defaults(func=run)
+
+
+def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazily)
+    """Command-line arguments -> SegmentOptions; bad prompts raise PromptError here."""
+    from medseg.pipeline import SegmentOptions
+    from medseg.prompts import parse_box, parse_point
+
+    prompts = (
+        *(parse_box(text) for text in args.box),
+        *(parse_box(text, "mm") for text in args.box_mm),
+        *(parse_point(text) for text in args.point),
+        *(parse_point(text, "mm") for text in args.point_mm),
+    )
+    providers = tuple(p.strip() for p in args.providers.split(",") if p.strip())
+    return SegmentOptions(
+        model=args.model,
+        backend=args.backend,
+        threads=args.threads,
+        providers=providers,
+        window=args.window,
+        threshold=args.threshold,
+        prompts=prompts,
+        series_uid=args.series,
+        min_component_mm3=args.min_volume,
+        largest_component=args.largest,
+        fill_holes=args.fill_holes,
+        seg_type="FRACTIONAL" if args.fractional else "BINARY",
+        series_number=args.series_number,
+        series_description=args.series_description,
+        batch_size=args.batch_size,
+        box_margin=args.box_margin,
+        point_crop_mm=args.point_crop,
+        preview=args.preview,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from medseg.pipeline import segment
+
+    options = build_options(args)
+    result = segment(args.inputs, args.output, options, progress=not args.no_progress)
+    if result.skipped:
+        print(
+            f"medseg segment: skipped {len(result.skipped)} unreadable file(s), "
+            f"e.g. {result.skipped[0].path}: {result.skipped[0].reason}",
+            file=sys.stderr,
+        )
+    print(result.summary())
+    if result.preview is not None:
+        print(f"preview: {result.preview}")
+    return 0

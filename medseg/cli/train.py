@@ -1,0 +1,99 @@
+"""``medseg train``: fine-tune SAM2-UNet on DICOM series with DICOM-SEG / NIfTI / NRRD masks.
+
+torch is imported inside the command only (``medseg --help`` works without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from medseg.cli.model import _config_arg, require_torch
+from medseg.errors import ConfigError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="fine-tune SAM2-UNet (needs the [train] extra)",
+        description="Train SAM2-UNet on image series paired with masks (see docs/training.md).",
+    )
+    parser.add_argument("--data", required=True, type=Path, help="folder of series + masks")
+    parser.add_argument("--init", required=True, help="checkpoint to start from, or 'none'")
+    parser.add_argument(
+        "--config",
+        help="config name or JSON file (needed with --init none and for published checkpoints)",
+    )
+    parser.add_argument("-o", "--output", required=True, type=Path, help="best checkpoint")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of series held out for validation Dice",
+    )
+    parser.add_argument(
+        "--unfreeze-encoder",
+        action="store_true",
+        help="train the Hiera trunk too (training from scratch)",
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from <output stem>.last.pth"
+    )
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--steps-per-epoch", type=int, help="default: training slices / batch size")
+    parser.add_argument(
+        "--lesion-share",
+        type=float,
+        default=0.5,
+        help="share of sampled slices that contain lesion",
+    )
+    parser.add_argument("--window", help="CT window for preprocessing (default: the card's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--max-minutes", type=float, help="stop after this wall time")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    require_torch()
+    from medseg.model.train import TrainOptions, train
+
+    if args.output.suffix not in (".pth", ".pt"):
+        raise ConfigError(f"output checkpoint must end in .pth or .pt: {args.output}")
+    init = None if args.init.lower() == "none" else args.init
+    if init is not None and not args.resume and not Path(init).is_file():
+        raise ConfigError(f"--init checkpoint not found: {init}")
+    if not args.data.is_dir():
+        raise ConfigError(f"--data folder not found: {args.data}")
+    command = "medseg " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
+    options = TrainOptions(
+        data=args.data,
+        output=args.output,
+        config=_config_arg(args.config),
+        init=init,
+        epochs=args.epochs,
+        val_fraction=args.val_fraction,
+        unfreeze_encoder=args.unfreeze_encoder,
+        resume=args.resume,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        steps_per_epoch=args.steps_per_epoch,
+        lesion_share=args.lesion_share,
+        window=args.window,
+        seed=args.seed,
+        threads=args.threads,
+        max_minutes=args.max_minutes,
+        progress=not args.no_progress,
+        command=command,
+    )
+    result = train(options)
+    dice = "n/a" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
+    print(f"best checkpoint {result.best_checkpoint} (epoch {result.best_epoch}, val Dice {dice})")
+    return 0

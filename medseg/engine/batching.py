@@ -1,0 +1,57 @@
+"""Layout and fixed-batch helpers shared by the backends.
+
+The pipeline always hands an engine float32 NCHW batches of any size; compiled models
+(QNN context binaries, HTP graphs) take one static batch size and often NHWC. These helpers
+keep that translation in one place so every backend does it the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from medseg.errors import ModelError
+
+
+def to_layout(batch: np.ndarray, layout: str) -> np.ndarray:
+    """NCHW -> the model's layout (contiguous float32)."""
+    if layout == "NHWC":
+        return np.ascontiguousarray(batch.transpose(0, 2, 3, 1), dtype=np.float32)
+    return np.ascontiguousarray(batch, dtype=np.float32)
+
+
+def to_nchw_logits(output: np.ndarray, n: int, size: tuple[int, int], layout: str) -> np.ndarray:
+    """A model output -> (n, 1, H, W) float32, whatever single-channel shape it came in."""
+    height, width = size
+    out = np.asarray(output, dtype=np.float32)
+    if out.size != n * height * width:
+        raise ModelError(
+            f"model output has {out.size} values, expected {n}x1x{height}x{width} "
+            f"(shape {tuple(out.shape)}): does the model card's input_size match the model?"
+        )
+    if out.ndim == 4 and layout == "NHWC" and out.shape[-1] == 1:
+        out = out.transpose(0, 3, 1, 2)
+    # one channel: NCHW and NHWC hold the values in the same order, a reshape is exact
+    return np.ascontiguousarray(out.reshape(n, 1, height, width))
+
+
+def run_in_fixed_batches(
+    run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, fixed: int
+) -> np.ndarray:
+    """Feed ``batch`` (N, ...) to a model compiled for ``fixed`` items per call.
+
+    Splits into chunks of ``fixed``, zero-pads the last one and drops the padded outputs.
+    ``run`` takes and returns arrays whose first axis is ``fixed``.
+    """
+    if fixed < 1:
+        raise ModelError(f"fixed batch size must be >= 1, got {fixed}")
+    outputs = []
+    for start in range(0, batch.shape[0], fixed):
+        chunk = batch[start : start + fixed]
+        count = chunk.shape[0]
+        if count < fixed:
+            pad = np.zeros((fixed - count, *chunk.shape[1:]), dtype=chunk.dtype)
+            chunk = np.concatenate([chunk, pad])
+        outputs.append(np.asarray(run(chunk))[:count])
+    return np.concatenate(outputs)

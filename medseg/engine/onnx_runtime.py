@@ -1,0 +1,164 @@
+"""ONNX Runtime backend: CPU by default, CUDA or Qualcomm QNN (HTP) when installed and asked for.
+
+Named ``onnx_runtime`` so it never shadows the ``onnxruntime`` package it wraps.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.engine.batching import run_in_fixed_batches, to_layout, to_nchw_logits
+from medseg.errors import EngineUnavailableError, ModelError
+from medseg.modelcard import ModelCard
+
+log = logging.getLogger(__name__)
+
+# Short names accepted in ``providers``; full ONNX Runtime names pass through unchanged.
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "qnn": "QNNExecutionProvider",
+}
+PROVIDER_PACKAGES = {
+    "CUDAExecutionProvider": "pip install onnxruntime-gpu (instead of onnxruntime)",
+    "TensorrtExecutionProvider": "pip install onnxruntime-gpu with TensorRT",
+    "QNNExecutionProvider": "pip install onnxruntime-qnn (instead of onnxruntime)",
+}
+DEFAULT_QNN_BACKEND = "libQnnHtp.so"
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise EngineUnavailableError(
+            "the onnxruntime backend needs the onnxruntime package: pip install onnxruntime"
+        ) from exc
+    return onnxruntime
+
+
+def _provider_entries(
+    providers: Sequence[str] | None, card: ModelCard, available: Sequence[str]
+) -> list[Any]:
+    """User provider names -> ONNX Runtime's (name, options) list, CPU always last."""
+    names = [PROVIDER_ALIASES.get(p.strip().lower(), p.strip()) for p in providers or ()]
+    entries: list[Any] = []
+    for name in names:
+        if name == "CPUExecutionProvider":
+            continue
+        if name not in available:
+            hint = PROVIDER_PACKAGES.get(name, "install an onnxruntime build that has it")
+            raise EngineUnavailableError(
+                f"ONNX Runtime provider {name} is not available here "
+                f"(available: {', '.join(available)}); {hint}"
+            )
+        if name == "QNNExecutionProvider":
+            backend = str(card.extra.get("qnn_backend_path", DEFAULT_QNN_BACKEND))
+            entries.append((name, {"backend_path": backend}))
+        else:
+            entries.append(name)
+    entries.append("CPUExecutionProvider")
+    return entries
+
+
+class OnnxRuntimeEngine:
+    """An ONNX model in an InferenceSession; float32 NCHW in, (N, 1, H, W) out."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        card: ModelCard,
+        *,
+        threads: int | None = None,
+        providers: Sequence[str] | None = None,
+    ) -> None:
+        ort = _import_onnxruntime()
+        self.card = card
+        entries = _provider_entries(providers, card, ort.get_available_providers())
+        options = ort.SessionOptions()
+        if threads is not None:
+            if threads < 1:
+                raise ModelError(f"threads must be >= 1, got {threads}")
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        qnn = any(isinstance(e, tuple) and e[0] == "QNNExecutionProvider" for e in entries)
+        if card.batch or qnn:  # HTP compiles static graphs: pin a symbolic batch axis
+            self._pin_batch(ort, model_path, options, card.batch or 1)
+        try:
+            self._session = ort.InferenceSession(str(model_path), options, providers=entries)
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise ModelError(f"cannot load ONNX model {model_path}: {exc}") from exc
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or not outputs:
+            raise ModelError(f"{model_path}: expected one input and an output, got {len(inputs)}")
+        self._input = inputs[0].name
+        self._output = outputs[0].name
+        self._fixed_batch = self._check_input_shape(inputs[0].shape, model_path)
+        used = self._session.get_providers()
+        self.name = "onnxruntime-" + used[0].removesuffix("ExecutionProvider").lower()
+        log.info("opened %s with %s (batch %s)", model_path, used, self._fixed_batch or "dynamic")
+
+    @staticmethod
+    def _pin_batch(ort: Any, model_path: Path, options: Any, batch: int) -> None:
+        """Fix a symbolic batch dimension (read with a throw-away CPU session: no onnx dep)."""
+        try:
+            probe = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
+            raise ModelError(f"cannot load ONNX model {model_path}: {exc}") from exc
+        dim = probe.get_inputs()[0].shape[0]
+        if isinstance(dim, str) and dim:
+            options.add_free_dimension_override_by_name(dim, int(batch))
+
+    def _check_input_shape(self, shape: Sequence[Any], model_path: Path) -> int | None:
+        """Compare the model's declared input with the card; return a fixed batch or None."""
+        card = self.card
+        height, width = card.input_size
+        expected = (
+            (card.channels, height, width)
+            if card.layout == "NCHW"
+            else (height, width, card.channels)
+        )
+        if len(shape) != 4:
+            raise ModelError(f"{model_path}: input must be 4-D, the model declares {list(shape)}")
+        for got, want in zip(shape[1:], expected, strict=True):
+            if isinstance(got, int) and got != want:
+                raise ModelError(
+                    f"{model_path}: input shape {list(shape)} does not match the model card "
+                    f"({card.layout} {card.channels}x{height}x{width})"
+                )
+        model_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        if model_batch and card.batch and model_batch != card.batch:
+            raise ModelError(
+                f"{model_path}: fixed batch {model_batch} but the model card says {card.batch}"
+            )
+        return model_batch or card.batch
+
+    def _run_raw(self, batch: np.ndarray) -> np.ndarray:
+        session = self._session  # a call already running keeps its session through close()
+        if session is None:
+            raise ModelError("onnxruntime engine used after close()")
+        try:
+            return session.run([self._output], {self._input: batch})[0]
+        except Exception as exc:  # onnxruntime's errors carry no useful type
+            raise ModelError(f"ONNX Runtime inference failed: {exc}") from exc
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) float32 -> (N, 1, H, W) float32."""
+        n = batch.shape[0]
+        feed = to_layout(batch, self.card.layout)
+        raw = (
+            run_in_fixed_batches(self._run_raw, feed, self._fixed_batch)
+            if self._fixed_batch
+            else self._run_raw(feed)
+        )
+        return to_nchw_logits(raw, n, self.card.input_size, self.card.layout)
+
+    def close(self) -> None:
+        self._session = None

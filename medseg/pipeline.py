@@ -1,0 +1,394 @@
+"""The offline job: DICOM files in -> Volume -> model on slices or prompt crops -> DICOM-SEG.
+
+Used by ``medseg segment`` and by the listener's workers. Everything a job needs is passed
+in (options, an optional already-opened model), nothing is kept between calls, so
+concurrent jobs do not interfere; an opened ``LoadedModel`` can be shared by jobs to avoid
+reloading the network for every series (ONNX Runtime sessions are thread-safe; an NPU
+engine should be used by one worker at a time).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from medseg.dicom.files import SkippedFile
+from medseg.dicom.volume import Volume
+from medseg.engine import open_engine
+from medseg.engine.base import Engine
+from medseg.errors import ConfigError, ModelError
+from medseg.modelcard import ModelCard, default_model_path, load_card_for
+from medseg.postprocess import CleanupOptions, clean_mask, threshold, to_probabilities
+from medseg.preprocess import IntensityWindow, preprocess_slices, resolve_window
+from medseg.prompts import Prompt, PromptPlan, Tile, plan_prompts, select_components
+
+log = logging.getLogger(__name__)
+
+STAGES = ("load", "preprocess", "infer", "postprocess", "write", "preview")
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Everything one segmentation job can be told; validated on construction.
+
+    ``model`` None means the bundled default model. ``threshold`` None means the model
+    card's. ``window`` is a spec for :func:`medseg.preprocess.resolve_window`.
+    """
+
+    model: Path | None = None
+    backend: str = "auto"
+    threads: int | None = None
+    providers: tuple[str, ...] = ()
+    window: str = "auto"
+    threshold: float | None = None
+    prompts: tuple[Prompt, ...] = ()
+    series_uid: str | None = None
+    min_component_mm3: float = 0.0
+    largest_component: bool = False
+    fill_holes: bool = False
+    seg_type: Literal["BINARY", "FRACTIONAL"] = "BINARY"
+    series_number: int = 9001
+    series_description: str = "medseg segmentation"
+    batch_size: int = 4
+    box_margin: float = 0.15
+    point_crop_mm: float = 64.0
+    preview: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.seg_type not in ("BINARY", "FRACTIONAL"):
+            raise ConfigError(f"SEG type must be BINARY or FRACTIONAL, got {self.seg_type!r}")
+        if not 1 <= self.series_number <= 2**31 - 1:
+            raise ConfigError(f"series number must be a positive integer, got {self.series_number}")
+        if self.box_margin < 0 or self.point_crop_mm <= 0:
+            raise ConfigError("box margin must be >= 0 and the point crop size positive")
+        self.cleanup  # noqa: B018 - validates the clean-up values now, not mid-job
+
+    @property
+    def cleanup(self) -> CleanupOptions:
+        return CleanupOptions(self.min_component_mm3, self.largest_component, self.fill_holes)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An opened engine with its card and file: open once, run many jobs, then close."""
+
+    engine: Engine
+    card: ModelCard
+    path: Path
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> LoadedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def resolve_model(options: SegmentOptions) -> tuple[Path, ModelCard]:
+    """The model file and its card, checked without opening the model (cheap, fails early)."""
+    path = Path(options.model) if options.model is not None else default_model_path()
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    card = load_card_for(path)
+    if len(card.segments) != 1:
+        raise ModelError(
+            f"model card {card.name} declares {len(card.segments)} segments: the pipeline "
+            "runs one-output models only"
+        )
+    return path, card
+
+
+def _open(path: Path, card: ModelCard, options: SegmentOptions) -> LoadedModel:
+    engine = open_engine(
+        path,
+        card,
+        backend=options.backend,
+        threads=options.threads,
+        providers=options.providers or None,
+    )
+    return LoadedModel(engine, card, path)
+
+
+def load_model(options: SegmentOptions) -> LoadedModel:
+    """Open ``options.model`` (or the bundled default) with its model card."""
+    return _open(*resolve_model(options), options)
+
+
+@dataclass(frozen=True, eq=False)
+class VolumeResult:
+    """The in-memory answer for one volume: final mask, probabilities, timings, window."""
+
+    mask: np.ndarray
+    probabilities: np.ndarray
+    window: IntensityWindow
+    level: float
+    timings: dict[str, float] = field(default_factory=dict)
+    tiles: int = 0
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What a finished job reports (the CLI prints it, the listener logs it)."""
+
+    output: Path
+    slices: int
+    volume_ml: float
+    seconds: float
+    timings: dict[str, float]
+    engine: str
+    sop_instance_uid: str
+    skipped: tuple[SkippedFile, ...]
+    preview: Path | None = None
+
+    def summary(self) -> str:
+        """One line: slices, segmented volume, time, output."""
+        return (
+            f"{self.slices} slices, {self.volume_ml:.2f} ml segmented in {self.seconds:.1f} s "
+            f"({self.engine}) -> {self.output}"
+        )
+
+
+def _batches(tiles: Sequence[Tile], size: int) -> Iterator[list[Tile]]:
+    """Consecutive runs of same-shaped tiles, at most ``size`` long (one stack per batch)."""
+    batch: list[Tile] = []
+    for tile in tiles:
+        if batch and (len(batch) == size or tile.shape != batch[0].shape):
+            yield batch
+            batch = []
+        batch.append(tile)
+    if batch:
+        yield batch
+
+
+def _prepare(
+    voxels: np.ndarray, batch: list[Tile], window: IntensityWindow, card: ModelCard
+) -> tuple[np.ndarray, float]:
+    start = time.perf_counter()
+    if all(t.shape == voxels.shape[1:] for t in batch):  # whole slices: no copy per tile
+        crops = voxels[[t.k for t in batch]]
+    else:
+        crops = np.stack([voxels[t.k, t.r0 : t.r1, t.c0 : t.c1] for t in batch])
+    return preprocess_slices(crops, window, card), time.perf_counter() - start
+
+
+def _prefetched(
+    pool: ThreadPoolExecutor,
+    voxels: np.ndarray,
+    batches: list[list[Tile]],
+    window: IntensityWindow,
+    card: ModelCard,
+) -> Iterator[tuple[list[Tile], np.ndarray, float]]:
+    """Yield (batch, tensor, seconds) while the next batch is already being prepared."""
+    pending: Future[tuple[np.ndarray, float]] | None = None
+    for index, batch in enumerate(batches):
+        current = pending or pool.submit(_prepare, voxels, batch, window, card)
+        following = batches[index + 1] if index + 1 < len(batches) else None
+        pending = pool.submit(_prepare, voxels, following, window, card) if following else None
+        yield (batch, *current.result())
+
+
+def _run_tiles(
+    volume: Volume,
+    engine: Engine,
+    card: ModelCard,
+    window: IntensityWindow,
+    plan: PromptPlan,
+    batch_size: int,
+    progress: bool,
+) -> tuple[np.ndarray, dict[str, float]]:
+    """Probabilities (slices, rows, cols) from running every tile; preprocessing of the
+    next batch overlaps inference of the current one (numpy and ORT release the GIL)."""
+    from tqdm import tqdm
+
+    timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
+    probabilities = np.zeros(volume.shape, dtype=np.float32)
+    batches = list(_batches(plan.tiles, batch_size))
+    unit = "slice" if plan.keep is None else "crop"
+    bar = tqdm(total=len(plan.tiles), unit=unit, desc="segment", disable=not progress, leave=False)
+    with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-prep") as pool:
+        for batch, tensor, prep_seconds in _prefetched(pool, volume.voxels, batches, window, card):
+            timings["preprocess"] += prep_seconds
+            start = time.perf_counter()
+            output = engine.run(tensor)
+            timings["infer"] += time.perf_counter() - start
+            start = time.perf_counter()
+            if output.shape != (len(batch), 1, *card.input_size):
+                raise ModelError(
+                    f"engine {engine.name} returned {output.shape}, expected "
+                    f"({len(batch)}, 1, {card.input_size[0]}, {card.input_size[1]})"
+                )
+            probs = to_probabilities(output, batch[0].shape, card)
+            for tile, prob in zip(batch, probs, strict=True):
+                region = probabilities[tile.k, tile.r0 : tile.r1, tile.c0 : tile.c1]
+                np.maximum(region, prob, out=region)
+            timings["postprocess"] += time.perf_counter() - start
+            bar.update(len(batch))
+    return probabilities, timings
+
+
+def segment_volume_result(
+    volume: Volume,
+    engine: Engine,
+    card: ModelCard,
+    options: SegmentOptions,
+    *,
+    progress: bool = False,
+) -> VolumeResult:
+    """Segment an in-memory volume; the full result with timings (see ``segment_volume``)."""
+    window = resolve_window(volume, options.window, card)
+    plan = plan_prompts(
+        options.prompts, volume, box_margin=options.box_margin, point_crop_mm=options.point_crop_mm
+    )
+    log.info(
+        "segmenting %d slices, %d tiles, window %s, engine %s",
+        volume.shape[0],
+        len(plan.tiles),
+        window.source,
+        engine.name,
+    )
+    probabilities, timings = _run_tiles(
+        volume, engine, card, window, plan, options.batch_size, progress
+    )
+    start = time.perf_counter()
+    if plan.keep is not None:
+        probabilities[~plan.keep] = 0.0
+    level = card.threshold if options.threshold is None else options.threshold
+    raw = threshold(probabilities, level)
+    mask = clean_mask(select_components(raw, plan), volume.spacing, options.cleanup)
+    timings["postprocess"] += time.perf_counter() - start
+    return VolumeResult(mask, probabilities, window, level, timings, len(plan.tiles))
+
+
+def segment_volume(
+    volume: Volume, engine: Engine, card: ModelCard, options: SegmentOptions
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mask bool, probabilities float32), both (slices, rows, cols), for in-memory use."""
+    result = segment_volume_result(volume, engine, card, options)
+    return result.mask, result.probabilities
+
+
+def fractional_masks(result: VolumeResult) -> np.ndarray:
+    """Probabilities for a FRACTIONAL SEG, consistent with the final mask.
+
+    Voxels removed by prompts/clean-up are 0, voxels added by hole filling are 1, the rest
+    keep the model's probability.
+    """
+    frac = result.probabilities.copy()
+    above = frac > np.float32(result.level)
+    frac[above & ~result.mask] = 0.0
+    frac[result.mask & ~above] = 1.0
+    return frac
+
+
+def check_writable(volume: Volume, card: ModelCard, output: Path, options: SegmentOptions) -> None:
+    """Refuse now, before any inference, what writing the SEG (or preview) would refuse later.
+
+    Delegates to ``medseg.seg``: ``check_output_path`` for the output (and preview) folder,
+    ``check_seg_source`` for the source headers (a dry run of the SEG builder on a one-voxel
+    mask: FrameOfReferenceUID, patient/study attributes, multi-frame coverage).
+    """
+    from medseg.seg import check_output_path, check_seg_source
+
+    check_output_path(Path(output))
+    if options.preview is not None:
+        check_output_path(Path(options.preview))
+    start = time.perf_counter()
+    check_seg_source(volume, card)
+    log.debug("SEG pre-flight check took %.3f s", time.perf_counter() - start)
+
+
+def segment(
+    inputs: Sequence[Path | str] | Path | str,
+    output: Path | str,
+    options: SegmentOptions,
+    *,
+    progress: bool = False,
+    model: LoadedModel | None = None,
+) -> SegmentResult:
+    """Segment one DICOM series into a DICOM-SEG file at ``output``.
+
+    Pass ``model`` to reuse an opened model across jobs (it is not closed here); otherwise
+    the model in ``options`` is opened and closed for this job. A series the SEG writer
+    would refuse is refused right after loading, before the engine is opened and before
+    inference (``check_writable``).
+    On error nothing is left at ``output`` (the SEG writer is atomic, the preview is
+    written after it).
+    """
+    from medseg.dicom import load_series
+    from medseg.seg import write_seg
+
+    started = time.perf_counter()
+    timings: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+    output = Path(output)
+    owned = model is None
+    # model file and card first (cheap), then the series and the SEG pre-flight, and only
+    # then the engine: a series that cannot be written costs neither model load nor inference
+    model_path, card = resolve_model(options) if model is None else (model.path, model.card)
+    start = time.perf_counter()
+    loaded = load_series(inputs, series_uid=options.series_uid)
+    volume = loaded.volume
+    timings["load"] = time.perf_counter() - start
+    start = time.perf_counter()
+    check_writable(volume, card, output, options)  # counted as part of writing the SEG
+    timings["write"] = time.perf_counter() - start
+    loaded_model = _open(model_path, card, options) if model is None else model
+    try:
+        result = segment_volume_result(
+            volume, loaded_model.engine, card, options, progress=progress
+        )
+        timings.update(result.timings)
+        start = time.perf_counter()
+        if options.seg_type == "FRACTIONAL":
+            masks = fractional_masks(result)[None]
+        else:
+            masks = result.mask[None]
+        dataset = write_seg(
+            volume,
+            masks,
+            card,
+            output,
+            seg_type=options.seg_type,
+            series_number=options.series_number,
+            series_description=options.series_description,
+        )
+        timings["write"] += time.perf_counter() - start
+        if options.preview is not None:
+            from medseg.preview import write_preview
+
+            start = time.perf_counter()
+            try:
+                write_preview(volume, result.mask, result.window, options.preview)
+            except BaseException:
+                output.unlink(missing_ok=True)  # a failed job leaves no output behind
+                raise
+            timings["preview"] = time.perf_counter() - start
+    finally:
+        if owned:
+            loaded_model.close()
+    volume_ml = float(result.mask.sum()) * volume.voxel_volume_ml
+    return SegmentResult(
+        output=output,
+        slices=volume.shape[0],
+        volume_ml=volume_ml,
+        seconds=time.perf_counter() - started,
+        timings=timings,
+        engine=loaded_model.engine.name,
+        sop_instance_uid=str(dataset.SOPInstanceUID),
+        skipped=tuple(loaded.skipped),
+        preview=options.preview,
+    )

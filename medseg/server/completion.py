@@ -1,0 +1,185 @@
+"""Series completion: a series is complete when nothing arrived for it for a while.
+
+DICOM has no "end of series" message and a series may span several associations, so the
+idle timer is the only signal. It is kept in SQLite, not in memory, so a series whose timer
+was running when the service stopped still completes after a restart (Orthanc's StableAge
+does not survive one). A late instance for a completed series reopens it; its next
+completion is a new *epoch* and gets a new job.
+
+The received files in the spool are the durable truth; the table is derived from them. It
+is committed with ``synchronous=NORMAL`` (no fsync per instance: that would halve the
+receive rate), which survives a crash of the process; after a power cut, ``recover`` puts
+back any series folder the table lost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+
+from medseg.server.sqlite import PerThread, transaction
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    series_uid TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    modality TEXT NOT NULL DEFAULT '',
+    body_part TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    calling_ae TEXT NOT NULL DEFAULT '',
+    peer_host TEXT NOT NULL DEFAULT '',
+    received INTEGER NOT NULL DEFAULT 0,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'receiving',
+    job_id TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS series_state ON series(state, last_seen);
+"""
+
+# Series states: still arriving; complete and handed to a job; complete, no rule matched.
+RECEIVING, SUBMITTED, UNMATCHED = "receiving", "submitted", "unmatched"
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """What the listener learnt about one stored instance (no patient identifiers)."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    modality: str = ""
+    body_part: str = ""
+    description: str = ""
+    calling_ae: str = ""
+    peer_host: str = ""
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """A series as the tracker knows it; ``epoch`` counts its completions so far."""
+
+    series_uid: str
+    study_uid: str
+    modality: str
+    body_part: str
+    description: str
+    calling_ae: str
+    peer_host: str
+    received: int
+    first_seen: float
+    last_seen: float
+    epoch: int
+    state: str
+    job_id: str
+
+
+class SeriesTracker:
+    """The series table: instance arrivals in, complete series out."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = Path(database)
+        self._conn = PerThread(self.database, synchronous="NORMAL")
+        self._conn().executescript(_SCHEMA)
+
+    def seen(self, info: InstanceInfo, now: float | None = None) -> None:
+        """Record an arrival: (re)start the series' idle timer, reopen it if completed."""
+        now = time.time() if now is None else now
+        with transaction(self._conn()) as conn:
+            conn.execute(
+                "INSERT INTO series (series_uid, study_uid, modality, body_part, description,"
+                " calling_ae, peer_host, received, first_seen, last_seen)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+                " ON CONFLICT(series_uid) DO UPDATE SET received = received + 1,"
+                " last_seen = excluded.last_seen, state = 'receiving',"
+                " calling_ae = excluded.calling_ae, peer_host = excluded.peer_host",
+                (
+                    info.series_uid,
+                    info.study_uid,
+                    info.modality,
+                    info.body_part,
+                    info.description,
+                    info.calling_ae,
+                    info.peer_host,
+                    now,
+                    now,
+                ),
+            )
+
+    def due(self, idle_seconds: float, now: float | None = None) -> list[SeriesInfo]:
+        """Series still receiving whose last instance is older than ``idle_seconds``."""
+        now = time.time() if now is None else now
+        rows = self._conn().execute(
+            "SELECT * FROM series WHERE state = ? AND last_seen <= ? ORDER BY last_seen",
+            (RECEIVING, now - idle_seconds),
+        )
+        return [SeriesInfo(**dict(row)) for row in rows]
+
+    def close_epoch(self, series: SeriesInfo, state: str, job_id: str = "") -> bool:
+        """Mark ``series`` handled (``state``) unless an instance arrived since it was read.
+
+        Returns False when the series was reopened meanwhile: it stays receiving and will
+        complete again later.
+        """
+        with transaction(self._conn()) as conn:
+            cursor = conn.execute(
+                "UPDATE series SET state = ?, job_id = ?, epoch = epoch + 1"
+                " WHERE series_uid = ? AND state = ? AND last_seen = ?",
+                (state, job_id, series.series_uid, RECEIVING, series.last_seen),
+            )
+            return cursor.rowcount == 1
+
+    def get(self, series_uid: str) -> SeriesInfo | None:
+        row = (
+            self._conn()
+            .execute("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
+            .fetchone()
+        )
+        return SeriesInfo(**dict(row)) if row else None
+
+    def expired(self, older_than: float) -> list[SeriesInfo]:
+        """Handled series whose last arrival is older than ``older_than`` (retention)."""
+        rows = self._conn().execute(
+            "SELECT * FROM series WHERE state != ? AND last_seen < ?", (RECEIVING, older_than)
+        )
+        return [SeriesInfo(**dict(row)) for row in rows]
+
+    def forget(self, series_uid: str) -> None:
+        with transaction(self._conn()) as conn:
+            conn.execute("DELETE FROM series WHERE series_uid = ?", (series_uid,))
+
+    def recover(self, incoming: Path, now: float | None = None) -> int:
+        """Track every spooled series the table does not know (lost in a power cut).
+
+        Its idle timer starts now; the calling AE is unknown, so a rule's ``caller``
+        destination cannot be resolved for it (named destinations still apply).
+        """
+        recovered = 0
+        for folder in sorted(p for p in Path(incoming).glob("*/*") if p.is_dir()):
+            if self.get(folder.name) is not None:
+                continue
+            files = sorted(folder.glob("*.dcm"))
+            if not files:
+                continue
+            header = pydicom.dcmread(files[0], stop_before_pixels=True)
+            self.seen(
+                InstanceInfo(
+                    study_uid=folder.parent.name,
+                    series_uid=folder.name,
+                    sop_uid=files[0].stem,
+                    modality=str(header.get("Modality", "") or ""),
+                    body_part=str(header.get("BodyPartExamined", "") or ""),
+                    description=str(header.get("SeriesDescription", "") or ""),
+                ),
+                now,
+            )
+            recovered += 1
+        return recovered
+
+    def counts(self) -> dict[str, int]:
+        rows = self._conn().execute("SELECT state, COUNT(*) FROM series GROUP BY state")
+        return {row[0]: row[1] for row in rows}

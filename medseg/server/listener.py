@@ -1,0 +1,228 @@
+"""The DICOM listener: a pynetdicom AE answering C-ECHO and C-STORE.
+
+Access control happens when the association is requested (calling AE title on the allow
+list, optionally from given source addresses). Each received instance is written to the
+spool exactly as it was encoded, durably, before the success status is sent; every failure
+on the way becomes one DIMSE status here:
+
+- 0xC210 (cannot understand): the dataset does not decode, or its UIDs are not UIDs
+- 0xA900 (dataset does not match SOP class): the dataset's SOP UIDs differ from the request
+- 0xA700 (out of resources): the spool cannot take it (disk full, reserve reached, I/O)
+- 0xC211 (pynetdicom's answer when a handler raises): a bug, logged with its traceback
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sqlite3
+import ssl
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (
+    BasicTextSRStorage,
+    ComprehensiveSRStorage,
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    EnhancedSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+    MRImageStorage,
+    SegmentationStorage,
+    Verification,
+)
+from pynetdicom.transport import ThreadedAssociationServer
+
+from medseg.errors import ConfigError
+from medseg.server.completion import InstanceInfo, SeriesTracker
+from medseg.server.config import ServerConfig
+from medseg.server.spool import Spool, SpoolFullError
+from medseg.server.uids import UnsafeUidError, checked_uid
+
+logger = logging.getLogger(__name__)
+
+IMAGE_CLASSES = (
+    CTImageStorage,
+    MRImageStorage,
+    EnhancedCTImageStorage,
+    EnhancedMRImageStorage,
+    LegacyConvertedEnhancedCTImageStorage,
+    LegacyConvertedEnhancedMRImageStorage,
+)
+# Kept beside the images for later use as prompts; never processed themselves.
+OTHER_CLASSES = (
+    SegmentationStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    BasicTextSRStorage,
+    EnhancedSRStorage,
+    ComprehensiveSRStorage,
+)
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+CANNOT_UNDERSTAND = 0xC210
+NOT_MATCHING = 0xA900
+OUT_OF_RESOURCES = 0xA700
+SUCCESS = 0x0000
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status
+
+
+class StoreHandler:
+    """The C-STORE handler: decode the header, check it, spool the encoded bytes, track."""
+
+    def __init__(self, spool: Spool, tracker: SeriesTracker) -> None:
+        self.spool = spool
+        self.tracker = tracker
+
+    def __call__(self, event: Any) -> int | Dataset:
+        calling = event.assoc.requestor.ae_title
+        try:
+            dataset = event.dataset
+            study = checked_uid(dataset.get("StudyInstanceUID"), "StudyInstanceUID")
+            series = checked_uid(dataset.get("SeriesInstanceUID"), "SeriesInstanceUID")
+            sop = checked_uid(dataset.get("SOPInstanceUID"), "SOPInstanceUID")
+            info = InstanceInfo(
+                study_uid=study,
+                series_uid=series,
+                sop_uid=sop,
+                modality=str(dataset.get("Modality", "") or ""),
+                body_part=str(dataset.get("BodyPartExamined", "") or ""),
+                description=str(dataset.get("SeriesDescription", "") or ""),
+                calling_ae=calling,
+                peer_host=str(event.assoc.requestor.address),
+            )
+        except UnsafeUidError as exc:
+            logger.warning("refused an instance from %s: %s", calling, exc)
+            return _status(CANNOT_UNDERSTAND, str(exc))
+        except Exception as exc:  # the network boundary: any decode failure is a status
+            logger.warning("refused an undecodable instance from %s: %s", calling, exc)
+            return _status(CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
+        if sop != event.request.AffectedSOPInstanceUID:
+            return _status(NOT_MATCHING, "SOPInstanceUID differs from the C-STORE request")
+        try:
+            self.spool.store(event.encoded_dataset(include_meta=True), study, series, sop)
+            self.tracker.seen(info)
+        except SpoolFullError as exc:
+            logger.error("spool full, refusing instance %s: %s", sop, exc)
+            return _status(OUT_OF_RESOURCES, str(exc))
+        except (OSError, sqlite3.Error) as exc:  # e.g. the series database on a full disk
+            logger.error("cannot record instance %s: %s", sop, exc)
+            return _status(OUT_OF_RESOURCES, f"cannot record instance: {exc}")
+        logger.debug("stored %s of series %s from %s", sop, series, calling)
+        return SUCCESS
+
+
+class AccessControl:
+    """Rejects associations from calling AEs (or source addresses) not on the allow list."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+
+    def allowed(self, ae_title: str, address: str) -> bool:
+        if self.config.listener.allow_any_ae:
+            return True
+        peer = self.config.peer(ae_title.strip())
+        return peer is not None and (not peer.addresses or address in peer.addresses)
+
+    def __call__(self, event: Any) -> None:
+        assoc = event.assoc
+        ae_title = assoc.requestor.primitive.calling_ae_title.strip()
+        address = str(assoc.requestor.address)
+        if not self.allowed(ae_title, address):
+            logger.warning("rejected association from %s at %s: not allowed", ae_title, address)
+            assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE
+            assoc.kill()
+
+
+def _no_delay(event: Any) -> None:
+    """Small C-STORE responses must not wait for Nagle + delayed ACK (performance.md)."""
+    sock = getattr(event.assoc.dul.socket, "socket", None)
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            logger.debug("TCP_NODELAY not set: %s", exc)
+
+
+def build_ae(config: ServerConfig) -> AE:
+    """The acceptor AE with the configured limits and the storage contexts."""
+    listener = config.listener
+    ae = AE(ae_title=listener.ae_title)
+    ae.maximum_pdu_size = listener.max_pdu
+    ae.network_timeout = listener.network_timeout
+    ae.acse_timeout = listener.acse_timeout
+    ae.dimse_timeout = listener.dimse_timeout
+    ae.maximum_associations = listener.max_associations
+    ae.add_supported_context(Verification)
+    for sop_class in (*IMAGE_CLASSES, *OTHER_CLASSES):
+        ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
+    return ae
+
+
+def start_listener(
+    config: ServerConfig,
+    spool: Spool,
+    tracker: SeriesTracker,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ThreadedAssociationServer:
+    """Start listening in background threads; stop it with ``server.shutdown()``."""
+    ae = build_ae(config)
+    handlers = [
+        (evt.EVT_CONN_OPEN, _no_delay),
+        (evt.EVT_REQUESTED, AccessControl(config)),
+        (evt.EVT_C_STORE, StoreHandler(spool, tracker)),
+    ]
+    address = (config.listener.host, config.listener.port)
+    try:
+        server = ae.start_server(
+            address, block=False, ssl_context=ssl_context, evt_handlers=handlers
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"listener: cannot listen on {address[0]}:{address[1]}: {exc.strerror}"
+        ) from exc
+    logger.info(
+        "listening as %s on %s:%s%s",
+        config.listener.ae_title,
+        *server.server_address[:2],
+        " (TLS)" if ssl_context else "",
+    )
+    return server

@@ -1,0 +1,195 @@
+"""Delivery: the outbox sends each job's SEG to each destination until it is confirmed.
+
+A delivery is retried with exponential backoff (``initial * 2**(attempts-1)`` up to the
+maximum) and given up after ``give_up_after_hours`` (then it shows as undeliverable in
+``medseg status``). Sends run on a small thread pool, one at a time per peer, so a
+destination that hangs until its timeout never holds up deliveries to others. 0x0111
+(duplicate SOP instance) from a peer means it already has the SEG: delivered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE
+from pynetdicom.sop_class import SegmentationStorage
+
+from medseg.errors import MedsegError
+from medseg.server.config import DeliveryConfig
+from medseg.server.jobs import (
+    DELIVERED,
+    DELIVERING,
+    PENDING,
+    UNDELIVERABLE,
+    Delivery,
+    Job,
+    JobBook,
+)
+
+logger = logging.getLogger(__name__)
+
+OK_STATUSES = {0x0000, 0x0111, 0xB000, 0xB007, 0xB006}
+
+
+class DeliveryError(MedsegError):
+    """A destination did not take the SEG (unreachable, rejected, or a failure status)."""
+
+
+def send_file(
+    path: Path,
+    delivery: Delivery,
+    *,
+    calling_ae: str,
+    timeout: float,
+    tls_context: ssl.SSLContext | None = None,
+) -> int:
+    """C-STORE one DICOM file to ``delivery``'s address; returns the peer's status."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    ae.add_requested_context(
+        SegmentationStorage,
+        [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian],
+    )
+    if delivery.tls and tls_context is None:
+        raise DeliveryError(f"{delivery.name}: TLS destination but no TLS client context")
+    tls_args = (tls_context, delivery.host) if delivery.tls else None
+    assoc = ae.associate(
+        delivery.host, delivery.port, ae_title=delivery.ae_title, tls_args=tls_args
+    )
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "unreachable or aborted"
+        raise DeliveryError(
+            f"{delivery.ae_title}@{delivery.host}:{delivery.port}: association {reason}"
+        )
+    try:
+        response = assoc.send_c_store(path)
+    finally:
+        assoc.release()
+    status = getattr(response, "Status", None)
+    if status is None:
+        raise DeliveryError(f"{delivery.ae_title}: no response to C-STORE (timeout or abort)")
+    if int(status) not in OK_STATUSES:
+        raise DeliveryError(f"{delivery.ae_title}: C-STORE failed with status 0x{status:04X}")
+    return int(status)
+
+
+class Sender:
+    """Sends due deliveries of all delivering jobs; call ``run_once`` periodically."""
+
+    def __init__(
+        self,
+        book: JobBook,
+        config: DeliveryConfig,
+        *,
+        calling_ae: str,
+        tls_context: ssl.SSLContext | None = None,
+        threads: int = 4,
+    ) -> None:
+        self.book = book
+        self.config = config
+        self.calling_ae = config.calling_ae_title or calling_ae
+        self.tls_context = tls_context
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="medseg-send")
+        self._in_flight: set[tuple[str, str]] = set()
+        self._busy_peers: set[tuple[str, int, str]] = set()
+        self._lock = threading.Lock()
+
+    def backoff(self, attempts: int) -> float:
+        delay = self.config.initial_backoff_seconds * 2 ** max(0, attempts - 1)
+        return min(delay, self.config.max_backoff_seconds)
+
+    def run_once(self, now: float | None = None) -> int:
+        """Start every due delivery not already in flight; returns how many started."""
+        now = time.time() if now is None else now
+        started = 0
+        for job in self.book.store.jobs((DELIVERING,)):
+            for delivery in job.pending:
+                key = (job.id, delivery.name)
+                peer = (delivery.host, delivery.port, delivery.ae_title)
+                with self._lock:
+                    # One send at a time per peer: a peer that hangs until the timeout
+                    # occupies one thread, never the whole pool.
+                    if delivery.next_attempt > now or key in self._in_flight:
+                        continue
+                    if peer in self._busy_peers:
+                        continue
+                    self._in_flight.add(key)
+                    self._busy_peers.add(peer)
+                self._pool.submit(self._attempt, job, delivery)
+                started += 1
+        return started
+
+    def _attempt(self, job: Job, delivery: Delivery) -> None:
+        try:
+            self.deliver(job.id, delivery.name, Path(job.output), job.created)
+        except Exception:  # a bug must not kill the pool thread silently
+            logger.exception("delivery of job %s to %s crashed", job.id, delivery.name)
+        finally:
+            with self._lock:
+                self._in_flight.discard((job.id, delivery.name))
+                self._busy_peers.discard((delivery.host, delivery.port, delivery.ae_title))
+
+    def deliver(self, job_id: str, name: str, output: Path, created: float) -> bool:
+        """One attempt; records the outcome on the job. True when delivered."""
+        claimed = self.book.update_delivery(
+            job_id,
+            name,
+            lambda d: (
+                dataclasses.replace(
+                    d,
+                    attempts=d.attempts + 1,
+                    next_attempt=time.time() + self.backoff(d.attempts + 1),
+                )
+                if d.state == PENDING
+                else None
+            ),
+        )
+        if claimed is None:
+            return False
+        delivery = next(d for d in claimed.deliveries if d.name == name)
+        try:
+            status = send_file(
+                output,
+                delivery,
+                calling_ae=self.calling_ae,
+                timeout=self.config.timeout_seconds,
+                tls_context=self.tls_context,
+            )
+        except (DeliveryError, OSError, RuntimeError) as exc:
+            error = str(exc)
+            give_up = self.config.give_up_after_hours > 0 and (
+                time.time() - created > self.config.give_up_after_hours * 3600
+            )
+            state = UNDELIVERABLE if give_up else PENDING
+            self.book.update_delivery(
+                job_id, name, lambda d: dataclasses.replace(d, error=error, state=state)
+            )
+            logger.warning(
+                "job %s: delivery to %s failed (attempt %d%s): %s",
+                job_id,
+                name,
+                delivery.attempts,
+                ", giving up" if give_up else f", retry in {self.backoff(delivery.attempts):.0f} s",
+                error,
+            )
+            return False
+        self.book.update_delivery(
+            job_id, name, lambda d: dataclasses.replace(d, state=DELIVERED, error="")
+        )
+        logger.info("job %s: SEG delivered to %s (status 0x%04X)", job_id, name, status)
+        return True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

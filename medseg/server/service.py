@@ -1,0 +1,303 @@
+"""Putting the pieces together: ``medseg serve`` and ``medseg worker``.
+
+One ``Service`` owns the spool, the job book, the huey queue and consumer, the sender and,
+when it listens, the listener and the series tracker. A housekeeping thread completes idle
+series, sweeps stale jobs back onto the queue, starts due deliveries and applies retention.
+SIGTERM stops the listener first, then lets running jobs finish for
+``queue.shutdown_timeout_seconds`` and gives back those still running.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from types import FrameType
+
+from medseg.server.completion import SUBMITTED, UNMATCHED, SeriesInfo, SeriesTracker
+from medseg.server.config import CALLER, ServerConfig
+from medseg.server.jobs import DONE, FAILED, Delivery, Job, JobBook, JobStore, job_id_for
+from medseg.server.jobstore import RedisJobStore, SqliteJobStore
+from medseg.server.listener import start_listener
+from medseg.server.queue import JobQueue
+from medseg.server.routing import route
+from medseg.server.sender import Sender
+from medseg.server.spool import Spool
+from medseg.server.tls import client_context, server_context
+from medseg.server.worker import JobRunner, PipelineSegmenter, Segmenter
+
+logger = logging.getLogger(__name__)
+
+RETENTION_CHECK_SECONDS = 60.0
+
+
+def open_spool(config: ServerConfig) -> Spool:
+    return Spool(
+        config.spool_dir,
+        min_free_bytes=int(config.storage.min_free_mb * 2**20),
+        fsync=config.storage.fsync,
+    )
+
+
+def open_store(config: ServerConfig, spool: Spool) -> JobStore:
+    """SQLite in the spool for the embedded queue; Redis (shared) for scale-out."""
+    if config.queue.backend == "redis":
+        return RedisJobStore(config.queue.redis_url, config.queue.name)
+    return SqliteJobStore(spool.database)
+
+
+def deliveries_for(
+    config: ServerConfig, rule_destinations: tuple[str, ...], series: SeriesInfo
+) -> tuple[Delivery, ...]:
+    """Resolve a rule's destination names to addresses (``caller``: the peer's return address)."""
+    found: list[Delivery] = []
+    for name in rule_destinations:
+        if name == CALLER:
+            peer = config.peer(series.calling_ae)
+            if peer is None or not peer.return_port:
+                logger.warning(
+                    "series %s: calling AE %s has no return address configured; not sent back",
+                    series.series_uid,
+                    series.calling_ae,
+                )
+                continue
+            found.append(
+                Delivery(
+                    name=CALLER,
+                    ae_title=peer.return_ae_title or peer.ae_title,
+                    host=peer.return_host or series.peer_host,
+                    port=peer.return_port,
+                    tls=peer.tls,
+                )
+            )
+        else:
+            dest = config.destination(name)
+            if dest is not None:
+                found.append(Delivery(dest.name, dest.ae_title, dest.host, dest.port, dest.tls))
+    return tuple(found)
+
+
+class Service:
+    """The listener service (``listen=True``) or a scale-out worker (``listen=False``)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        listen: bool = True,
+        workers: int | None = None,
+        segmenter: Segmenter | None = None,
+    ) -> None:
+        self.config = config
+        self.listen = listen
+        self.workers = config.queue.workers if workers is None else workers
+        self.spool = open_spool(config)
+        self.store = open_store(config, self.spool)
+        self.book = JobBook(
+            self.store,
+            lease_seconds=config.queue.lease_seconds,
+            max_attempts=config.queue.max_attempts,
+        )
+        self.tracker = SeriesTracker(self.spool.database) if listen else None
+        self._segmenter = segmenter or PipelineSegmenter(config.model)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self.runner = JobRunner(
+            self.book,
+            self.spool,
+            config.queue,
+            self._segmenter,
+            enqueue=self.enqueue,
+            on_processed=self._wake.set,
+        )
+        self.queue = JobQueue(config.queue, self.spool.root, handler=self.runner.run)
+        tls = config.tls
+        self.sender = Sender(
+            self.book,
+            config.delivery,
+            calling_ae=config.listener.ae_title,
+            tls_context=client_context(tls),
+        )
+        self._server_ssl = server_context(tls) if tls.enabled else None
+        self.server = None
+        self.consumer = None
+        self._housekeeper: threading.Thread | None = None
+        self._last_sweep = 0.0
+        self._last_retention = 0.0
+
+    # -- queue ---------------------------------------------------------------------------
+    def enqueue(self, job_id: str, delay: float = 0.0) -> None:
+        self.book.enqueued(job_id)
+        self.queue.enqueue(job_id, delay)
+
+    def sweep(self, *, all_queued: bool = False) -> int:
+        """Re-enqueue jobs whose lease expired or whose message was lost."""
+        stale = self.book.stale(all_queued=all_queued)
+        for job in stale:
+            logger.info("job %s: re-enqueued (%s)", job.id, job.state)
+            self.enqueue(job.id)
+        return len(stale)
+
+    # -- series completion ---------------------------------------------------------------
+    def complete_series(self) -> list[Job]:
+        """Turn every idle series into a job (or mark it unmatched); returns new jobs."""
+        if self.tracker is None:  # a worker: series completion is the listener's job
+            return []
+        created: list[Job] = []
+        for series in self.tracker.due(self.config.completion.series_idle_seconds):
+            files = self.spool.series_files(series.study_uid, series.series_uid)
+            rule = route(self.config.rules, series, len(files))
+            if rule is None:
+                if self.tracker.close_epoch(series, UNMATCHED):
+                    logger.info(
+                        "series %s (%s, %d instances): no rule matches; kept, not processed",
+                        series.series_uid,
+                        series.modality,
+                        len(files),
+                    )
+                continue
+            job = Job(
+                id=job_id_for(series.series_uid, series.epoch + 1),
+                series_uid=series.series_uid,
+                study_uid=series.study_uid,
+                rule=rule.name,
+                model=rule.model,
+                window=rule.window,
+                threshold=rule.threshold,
+                output_folder=rule.output_folder,
+                deliveries=deliveries_for(self.config, rule.destinations, series),
+            )
+            self.book.create(job)
+            if self.tracker.close_epoch(series, SUBMITTED, job.id):
+                logger.info(
+                    "series %s of study %s complete (%d instances): job %s, rule %s",
+                    series.series_uid,
+                    series.study_uid,
+                    len(files),
+                    job.id,
+                    rule.name,
+                )
+                self.enqueue(job.id)
+                created.append(job)
+            else:
+                self.store.delete(job.id)  # reopened meanwhile: it completes again later
+        return created
+
+    # -- retention -----------------------------------------------------------------------
+    def apply_retention(self, now: float | None = None) -> int:
+        """Remove finished jobs' outbox and record, and handled series, past retention."""
+        hours = self.config.storage.retention_hours
+        if hours <= 0:
+            return 0
+        now = time.time() if now is None else now
+        cutoff = now - hours * 3600
+        removed = 0
+        for job in self.store.jobs((DONE, FAILED)):
+            if job.updated < cutoff:
+                self.spool.remove_job(job.id)
+                self.store.delete(job.id)
+                removed += 1
+        if self.tracker is not None:
+            for series in self.tracker.expired(cutoff):
+                self.spool.remove_series(series.study_uid, series.series_uid)
+                self.tracker.forget(series.series_uid)
+                removed += 1
+        return removed
+
+    # -- life cycle ----------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        interval = self.config.completion.check_interval_seconds
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # keep the service alive; the error is in the log
+                logger.exception("housekeeping failed")
+            self._wake.wait(interval)
+            self._wake.clear()
+
+    def tick(self, now: float | None = None) -> None:
+        """One round of housekeeping (also callable directly, e.g. from tests)."""
+        now = time.time() if now is None else now
+        if self.tracker is not None:
+            self.complete_series()
+        if now - self._last_sweep >= self.config.queue.sweep_interval_seconds:
+            self._last_sweep = now
+            self.sweep()
+        self.sender.run_once()
+        if now - self._last_retention >= RETENTION_CHECK_SECONDS:
+            self._last_retention = now
+            self.apply_retention(now)
+
+    def start(self) -> None:
+        if self.tracker is not None:
+            recovered = self.tracker.recover(self.spool.incoming)
+            if recovered:
+                logger.warning("recovered %d spooled series the database had lost", recovered)
+        if self.listen:
+            self.server = start_listener(
+                self.config, self.spool, self.tracker, ssl_context=self._server_ssl
+            )
+        self.sweep(all_queued=True)
+        self._last_sweep = time.time()
+        if self.workers > 0:
+            self.consumer = self.queue.consumer(
+                self.workers, self.config.queue.shutdown_timeout_seconds
+            )
+            # Started piece by piece: huey's Consumer.start() would install its own signal
+            # handlers (and re-exec on SIGHUP); medseg owns the signals.
+            self.consumer.scheduler.start()
+            for _, thread in self.consumer.worker_threads:
+                thread.start()
+        self._housekeeper = threading.Thread(
+            target=self._housekeeping, name="medseg-housekeeping", daemon=True
+        )
+        self._housekeeper.start()
+        logger.info(
+            "medseg %s started: %d worker(s), queue %s, spool %s",
+            "serve" if self.listen else "worker",
+            self.workers,
+            self.config.queue.backend,
+            self.spool.root,
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1]) if self.server else 0
+
+    def stop(self) -> None:
+        """Stop listening, let running jobs finish (bounded), give back the rest."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+        self._stop.set()
+        self._wake.set()
+        if self.consumer is not None:
+            self.consumer.stop(graceful=True)
+            self.runner.release_all()
+            self.consumer = None
+        if self._housekeeper is not None:
+            self._housekeeper.join(timeout=10)
+        self.sender.close()
+        if hasattr(self._segmenter, "close"):
+            self._segmenter.close()
+        logger.info("medseg stopped")
+
+    def run_forever(self) -> None:
+        """Start, then block until SIGTERM or SIGINT; shut down gracefully."""
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            logger.info("received %s: shutting down", signal.Signals(signum).name)
+            stop.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not stop.wait(1.0):
+                if self.consumer is not None:
+                    self.consumer.check_worker_health()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.stop()

@@ -1,0 +1,131 @@
+"""Durable ingest: an instance is on disk (temp file, fsync, rename) before success is answered.
+
+Layout under the spool root, every path component a checked UID::
+
+    incoming/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+    outbox/<job id>/seg.dcm
+    medseg.db                       series and (embedded mode) job records
+    huey.db                         the embedded queue
+
+A received instance is written as the peer encoded it (no decode and re-encode), so the
+spool keeps exactly what the PACS sent. Writing the same instance twice replaces it with
+identical bytes: duplicates are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from medseg.errors import OutputError
+from medseg.server.uids import checked_uid
+
+logger = logging.getLogger(__name__)
+
+
+class SpoolFullError(OutputError):
+    """The spool cannot take the instance (disk full, below the free-space reserve, I/O error)."""
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (POSIX needs the directory itself synced)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder; nothing partial remains."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if fsync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_dir(path.parent)
+
+
+class Spool:
+    """The spool folder: received series, outbox, databases."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        min_free_bytes: int = 0,
+        fsync: bool = True,
+        free_bytes: Callable[[Path], int] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.incoming = self.root / "incoming"
+        self.outbox = self.root / "outbox"
+        self.min_free_bytes = int(min_free_bytes)
+        self.fsync = fsync
+        self._free_bytes = free_bytes or (lambda p: shutil.disk_usage(p).free)
+        for folder in (self.root, self.incoming, self.outbox):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"cannot create spool folder {folder}: {exc}") from exc
+
+    @property
+    def database(self) -> Path:
+        return self.root / "medseg.db"
+
+    def series_dir(self, study_uid: str, series_uid: str) -> Path:
+        study = checked_uid(study_uid, "StudyInstanceUID")
+        series = checked_uid(series_uid, "SeriesInstanceUID")
+        return self.incoming / study / series
+
+    def store(self, encoded: bytes, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        """Durably store one encoded instance (DICOM file format bytes); returns its path.
+
+        Raises ``UnsafeUidError`` for a UID that is not a UID and ``SpoolFullError`` when the
+        spool cannot take it; in both cases nothing is left behind.
+        """
+        folder = self.series_dir(study_uid, series_uid)
+        name = checked_uid(sop_uid, "SOPInstanceUID") + ".dcm"
+        try:
+            free = self._free_bytes(self.root)
+        except OSError as exc:
+            raise SpoolFullError(f"spool {self.root} is not usable: {exc}") from exc
+        if free - len(encoded) < self.min_free_bytes:
+            raise SpoolFullError(
+                f"spool {self.root} has {free // 2**20} MiB free, below the reserve of "
+                f"{self.min_free_bytes // 2**20} MiB"
+            )
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_atomic(folder / name, encoded, fsync=self.fsync)
+        except OSError as exc:
+            raise SpoolFullError(f"cannot write to spool {self.root}: {exc.strerror}") from exc
+        return folder / name
+
+    def series_files(self, study_uid: str, series_uid: str) -> list[Path]:
+        folder = self.series_dir(study_uid, series_uid)
+        return sorted(folder.glob("*.dcm")) if folder.is_dir() else []
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.outbox / checked_uid(job_id, "job id")
+
+    def remove_series(self, study_uid: str, series_uid: str) -> None:
+        folder = self.series_dir(study_uid, series_uid)
+        shutil.rmtree(folder, ignore_errors=True)
+        study = folder.parent
+        if study.is_dir() and not any(study.iterdir()):
+            study.rmdir()
+
+    def remove_job(self, job_id: str) -> None:
+        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)

@@ -1,0 +1,157 @@
+"""ONNX export: same numbers as PyTorch, the runtime's I/O contract, a valid card, INT8."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from medseg.cli import main
+from medseg.model import build_sam2unet
+from medseg.model.checkpoint import save_checkpoint
+from medseg.model.export import sha256_of
+from medseg.modelcard import load_card_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def micro_checkpoint(tmp_path_factory, shared_dir):
+    weights = np.load(shared_dir / "fixtures/sam2unet/micro_state_dict.npz")
+    model = build_sam2unet("micro").eval()
+    model.load_state_dict({k: torch.from_numpy(weights[k]) for k in weights.files}, strict=True)
+    path = tmp_path_factory.mktemp("ckpt") / "micro.pth"
+    torch.save(model.state_dict(), path)  # the published (plain state_dict) format
+    return path, model
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, micro_checkpoint, shared_dir):
+    path, _ = micro_checkpoint
+    out = tmp_path_factory.mktemp("onnx") / "micro.onnx"
+    check = shared_dir / "data/dcmqi/ct-3slice"
+    argv = ["model", "export", "--checkpoint", str(path), "--config", "micro", "-o", str(out)]
+    assert main([*argv, "--check-data", str(check)]) == 0
+    return out
+
+
+def test_onnx_matches_pytorch_within_1e4_for_several_batch_sizes(exported, micro_checkpoint):
+    _, model = micro_checkpoint
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(3)
+    for n in (1, 3):
+        batch = rng.standard_normal((n, 3, 352, 352)).astype(np.float32)
+        (ours,) = session.run(["logits"], {"image": batch})
+        with torch.inference_mode():
+            reference = model(torch.from_numpy(batch))[0].numpy()
+        assert ours.shape == (n, 1, 352, 352)
+        np.testing.assert_allclose(ours, reference, atol=1e-4, rtol=0)
+
+
+def test_exported_graph_has_the_runtime_contract(exported):
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, out.name) == ("image", "logits")
+    assert inp.shape[1:] == [3, 352, 352] and isinstance(inp.shape[0], str)
+    assert out.shape[1:] == [1, 352, 352]
+
+
+def test_card_validates_and_describes_the_file(exported):
+    card = load_card_for(exported)
+    assert card.architecture == "SAM2-UNet"
+    assert card.batch is None and not card.quantized
+    assert card.extra["sha256"] == sha256_of(exported)
+    assert card.extra["config_name"] == "micro"
+    assert card.extra["config"]["embed_dim"] == 16
+    parity = card.extra["provenance"]["parity"]
+    assert parity["real_slices"] == 3
+    assert parity["random_max_abs_diff"] < 1e-4 and parity["real_max_abs_diff"] < 1e-4
+    assert "not for clinical use" in card.intended_use
+
+
+def test_static_int8_export_reports_finite_accuracy_loss(
+    tmp_path, micro_checkpoint, shared_dir, capsys
+):
+    path, _ = micro_checkpoint
+    out = tmp_path / "micro_int8.onnx"
+    argv = [
+        "model",
+        "export",
+        "--checkpoint",
+        str(path),
+        "--config",
+        "micro",
+        "-o",
+        str(out),
+        "--static",
+        "--int8",
+        "--calibration",
+        str(shared_dir / "data/dcmqi/ct-3slice"),
+    ]
+    assert main(argv) == 0
+    assert "int8" in capsys.readouterr().out
+    card = load_card_for(out)
+    assert card.quantized and card.batch == 1
+    quant = card.extra["provenance"]["quantization"]
+    assert quant["method"] == "static-qdq" and quant["heldout_slices"] >= 1
+    fp32, int8 = quant["rows"]
+    for value in (*fp32.values(), *int8.values()):
+        assert not isinstance(value, float) or math.isfinite(value)
+    assert int8["file_mb"] < fp32["file_mb"] / 2  # weights really are 8-bit
+    assert 0.0 < int8["mean_abs_dlogit"] < 1.0
+    assert 0.5 < int8["dice_vs_fp32"] <= 1.0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 3, 352, 352]
+    ops = {node.op_type for node in __import__("onnx").load(str(out)).graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+
+
+def test_int8_without_calibration_fails_cleanly_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "x.onnx"
+    argv = [
+        "model",
+        "export",
+        "--checkpoint",
+        "none",
+        "--config",
+        "micro",
+        "-o",
+        str(out),
+        "--int8",
+    ]
+    assert main(argv) == 3
+    assert "--calibration" in capsys.readouterr().err
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_output_must_be_an_onnx_file(tmp_path, capsys):
+    argv = [
+        "model",
+        "export",
+        "--checkpoint",
+        "none",
+        "--config",
+        "micro",
+        "-o",
+        str(tmp_path / "x.pth"),
+    ]
+    assert main(argv) == 3
+    assert ".onnx" in capsys.readouterr().err
+
+
+def test_medseg_checkpoint_exports_without_config_and_keeps_training_notes(tmp_path):
+    ckpt = tmp_path / "own.pth"
+    save_checkpoint(
+        ckpt,
+        build_sam2unet("phantom"),
+        config_name="phantom",
+        training={"val_dice": 0.5, "window": "liver"},
+    )
+    out = tmp_path / "own.onnx"
+    assert main(["model", "export", "--checkpoint", str(ckpt), "-o", str(out), "--static"]) == 0
+    card = load_card_for(out)
+    assert card.extra["training"]["val_dice"] == 0.5
+    assert card.default_ct_window == "liver" and card.batch == 1

@@ -1,0 +1,161 @@
+"""Fine-tuning: pairing, the structure loss, a smoke run whose loss falls, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from medseg.cli import main
+from medseg.errors import DicomInputError
+from medseg.model.checkpoint import load_checkpoint, read_checkpoint_file
+from medseg.model.data import find_pairs
+from medseg.model.losses import structure_loss
+from medseg.model.train import TrainOptions, last_path, train
+from tests.dicom.series_factory import write_series
+from tests.model.toy_data import toy_volume, write_toy_pair
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    uids = [write_toy_pair(root / f"case{i}", seed=i, nifti=i == 3) for i in range(4)]
+    return root, uids
+
+
+def test_pairs_come_from_seg_references_and_nifti_beside_its_series(toy_data):
+    root, uids = toy_data
+    pairs = {p.series_uid: p for p in find_pairs(root)}
+    assert set(pairs) == set(uids)
+    assert pairs[uids[3]].mask_path.name == "mask.nii.gz"
+    assert all(pairs[u].mask_path.name == "truth.seg.dcm" for u in uids[:3])
+    assert all(len(p.image_files) == 6 for p in pairs.values())
+
+
+def test_a_folder_with_images_but_no_masks_is_a_clear_input_error(tmp_path):
+    values, _ = toy_volume(0)
+    write_series(tmp_path / "images", values)
+    with pytest.raises(DicomInputError, match="no training pairs"):
+        find_pairs(tmp_path)
+
+
+def test_structure_loss_is_small_for_the_right_answer_and_large_for_the_wrong_one():
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 20:40, 20:40] = 1.0
+    right = structure_loss((mask * 2 - 1) * 20, mask)
+    wrong = structure_loss((1 - mask * 2) * 20, mask)
+    assert right < 0.01 < 1.0 < wrong
+
+
+def test_structure_loss_weighs_boundary_errors_more_than_interior_ones():
+    mask = torch.zeros(1, 1, 64, 64)
+    mask[..., 16:48, 16:48] = 1.0
+    logits = (mask * 2 - 1) * 10
+    edge, inner = logits.clone(), logits.clone()
+    edge[..., 16, 20:30] = -10.0  # ten wrong pixels on the boundary
+    inner[..., 32, 20:30] = -10.0  # ten wrong pixels in the middle
+    assert structure_loss(edge, mask) > structure_loss(inner, mask)
+
+
+@pytest.mark.slow
+def test_training_smoke_run_lowers_the_loss_and_resumes(toy_data, tmp_path):
+    root, _ = toy_data
+    options = TrainOptions(
+        data=root,
+        output=tmp_path / "best.pth",
+        config="phantom",
+        init=None,
+        unfreeze_encoder=True,
+        epochs=2,
+        steps_per_epoch=6,
+        batch_size=2,
+        val_fraction=0.25,
+        progress=False,
+        seed=1,
+        threads=1,
+    )
+    result = train(options)
+    first, second = result.history
+    assert second.mean_loss < first.mean_loss
+    assert result.best_val_dice is not None and 0.0 <= result.best_val_dice <= 1.0
+    loaded = load_checkpoint(result.best_checkpoint)  # no config needed: it is stored
+    assert loaded.config_name == "phantom"
+    assert loaded.extra["training"]["series_val"] == 1
+
+    resumed = train(TrainOptions(**{**vars(options), "epochs": 3, "resume": True}))
+    assert [r.epoch for r in resumed.history] == [1, 2, 3]
+    assert read_checkpoint_file(last_path(options.output))["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_frozen_encoder_trains_adapters_but_not_hiera_weights(toy_data, tmp_path):
+    root, _ = toy_data
+    init = tmp_path / "init.pth"
+    from medseg.model import build_sam2unet
+    from medseg.model.checkpoint import save_checkpoint
+
+    save_checkpoint(init, build_sam2unet("phantom"), config_name="phantom")
+    before = load_checkpoint(init).model.state_dict()
+    options = TrainOptions(
+        data=root,
+        output=tmp_path / "ft.pth",
+        init=str(init),
+        epochs=1,
+        steps_per_epoch=1,
+        batch_size=2,
+        val_fraction=0.0,
+        progress=False,
+    )
+    after = load_checkpoint(train(options).best_checkpoint).model.state_dict()
+    qkv = "encoder.blocks.0.block.attn.qkv.weight"
+    adapter = "encoder.blocks.0.prompt_learn.0.weight"
+    assert torch.equal(before[qkv], after[qkv])
+    assert not torch.equal(before[adapter], after[adapter])
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+
+
+def test_train_cli_reports_a_missing_init_checkpoint_without_traceback(tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path),
+            "--init",
+            str(tmp_path / "no.pth"),
+            "-o",
+            str(tmp_path / "o.pth"),
+        ]
+    )
+    assert code == 3
+    err = capsys.readouterr().err
+    assert "not found" in err and "Traceback" not in err
+
+
+def test_cli_command_modules_do_not_import_torch():
+    code = (
+        "import sys, medseg.cli.model, medseg.cli.train; from medseg.cli import build_parser; "
+        "build_parser(); sys.exit('torch' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_deep_supervision_sums_the_structure_loss_of_all_three_outputs():
+    from medseg.model.losses import deep_supervision_loss
+
+    gen = torch.Generator().manual_seed(0)
+    mask = (torch.rand(2, 1, 48, 48, generator=gen) > 0.7).float()
+    outs = tuple(torch.randn(2, 1, 48, 48, generator=gen) for _ in range(3))
+    expected = sum(structure_loss(o, mask) for o in outs)
+    assert torch.allclose(deep_supervision_loss(outs, mask), expected, atol=1e-6)
+
+
+def test_separable_boundary_weight_equals_the_31x31_average_pool_definition():
+    import torch.nn.functional as F
+
+    from medseg.model.losses import boundary_weight
+
+    mask = (torch.rand(2, 1, 80, 72, generator=torch.Generator().manual_seed(1)) > 0.6).float()
+    direct = 1 + 5 * torch.abs(F.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
+    assert torch.allclose(boundary_weight(mask), direct, atol=1e-5)

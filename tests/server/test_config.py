@@ -1,0 +1,85 @@
+"""Configuration: the shipped files load; every validation error names the bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medseg.errors import ConfigError
+from medseg.server.config import default_config_path, load_config, parse_config
+from tests.server.peers import REPO_ROOT
+
+
+@pytest.mark.parametrize("name", ["default.toml", "orthanc.toml", "tls.toml", "redis.toml"])
+def test_shipped_config_loads(name: str) -> None:
+    config = load_config(REPO_ROOT / "pacs_config" / name)
+    assert config.rules, "every shipped configuration processes something"
+
+
+def test_default_config_listens_on_11112_as_medseg_with_embedded_queue() -> None:
+    config = load_config(default_config_path())
+    assert (config.listener.ae_title, config.listener.port) == ("MEDSEG", 11112)
+    assert config.queue.backend == "sqlite"
+    assert config.model.path == ""  # the bundled model
+    assert Path(config.storage.spool) == Path("./medseg-data")
+
+
+GOOD = {"peers": [{"ae_title": "PACS"}], "rules": [{"name": "r"}]}
+
+
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"listener": {"port": 70000}}, "listener.port"),
+        ({"listener": {"port": "104"}}, "listener.port"),
+        ({"listener": {"prot": 104}}, "listener.prot"),
+        ({"listener": {"ae_title": "A_TITLE_THAT_IS_TOO_LONG"}}, "listener.ae_title"),
+        ({"queue": {"backend": "rabbit"}}, "queue.backend"),
+        ({"queue": {"lease_seconds": 0}}, "queue.lease_seconds"),
+        ({"storage": {"min_free_mb": -1}}, "storage.min_free_mb"),
+        ({"tls": {"enabled": True}}, "tls.certificate"),
+        ({"rules": [{"name": "r", "destinations": ["nowhere"]}]}, "rules[0].destinations"),
+        ({"rules": [{"name": "r", "series_description": "("}]}, "rules[0].series_description"),
+        ({"rules": [{"modalities": ["CT"]}]}, "rules[0].name"),
+        ({"peers": []}, "peers"),
+        ({"peers": [{"ae_title": "PACS", "return_port": -1}]}, "peers[0].return_port"),
+        (
+            {"destinations": [{"name": "x", "ae_title": "X", "host": "h", "port": 0}]},
+            "destinations[0].port",
+        ),
+        ({"listner": {}}, "listner"),
+    ],
+)
+def test_invalid_value_names_the_key(change: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({**GOOD, **change})
+    assert str(info.value).startswith(f"{key}:"), str(info.value)
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[listener]\nport = 104\nport = 105\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[queue]\nbackend = "rabbit"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "medseg", "serve", "-c", str(bad)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 3
+    assert "queue.backend" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

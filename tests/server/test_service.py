@@ -1,0 +1,123 @@
+"""The service in-process: routing of unmatched series, output folders, retention, SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import highdicom as hd
+import pytest
+
+from medseg.server.config import ServerConfig
+from medseg.server.jobstore import SqliteJobStore
+from medseg.server.service import Service
+from tests.server.peers import Processes, log_text, make_slow_model, storescu, wait_until, write_ct
+from tests.server.test_serve import serve, status
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[..., Service]]:
+    services: list[Service] = []
+
+    def start(config: ServerConfig, **kw: object) -> Service:
+        service = Service(config, **kw)
+        services.append(service)
+        service.start()
+        return service
+
+    yield start
+    for service in services:
+        service.stop()
+
+
+def test_unmatched_series_is_kept_and_not_processed(
+    running: Callable, server_config: Callable, tmp_path: Path
+) -> None:
+    path, config = server_config(rules=[{"name": "mr-only", "modalities": ["MR"]}])
+    service = running(config, workers=0)
+    series = write_ct(tmp_path / "series", slices=3)
+    assert storescu(service.port, tmp_path / "series").returncode == 0
+    wait_until(
+        lambda: service.tracker.get(series.series_uid).state == "unmatched", 30, "completion"
+    )
+    assert service.store.jobs() == []
+    assert len(service.spool.series_files(series.study_uid, series.series_uid)) == 3
+    assert status(path)["series"] == {"unmatched": 1}
+
+
+def test_output_folder_gets_the_seg_and_retention_cleans_up(
+    running: Callable, server_config: Callable, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    rule = {"name": "folder", "destinations": [], "output_folder": str(out)}
+    _, config = server_config(rules=[rule], storage={"retention_hours": 1.0})
+    service = running(config, workers=1)
+    series = write_ct(tmp_path / "series")
+    assert storescu(service.port, tmp_path / "series").returncode == 0
+    (job,) = wait_until(lambda: service.store.jobs(("done",)), 60, "the job to finish")
+    (seg_file,) = out.glob("*.seg.dcm")
+    seg = hd.seg.segread(seg_file)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
+    assert service.spool.job_dir(job.id).is_dir()
+
+    assert service.apply_retention(now=time.time() + 1800) == 0, "within retention: kept"
+    assert service.apply_retention(now=time.time() + 2 * 3600) == 2  # the job and the series
+    assert not service.spool.job_dir(job.id).exists()
+    assert service.spool.series_files(series.study_uid, series.series_uid) == []
+    assert service.store.jobs() == [] and service.tracker.get(series.series_uid) is None
+    assert seg_file.is_file(), "the output folder is the user's: never cleaned"
+
+
+@pytest.mark.slow
+def test_sigterm_lets_the_running_job_finish(
+    procs: Processes, server_config: Callable, tmp_path: Path
+) -> None:
+    slow = make_slow_model(tmp_path / "slow" / "slow.onnx", matmuls=80)
+    rule = {"name": "folder", "destinations": [], "output_folder": str(tmp_path / "out")}
+    path, config = server_config(rules=[rule], model={"path": str(slow), "threads": 1})
+    proc = serve(procs, path, config)
+    write_ct(tmp_path / "series")
+    assert storescu(config.listener.port, tmp_path / "series").returncode == 0
+    store = SqliteJobStore(config.spool_dir / "medseg.db")
+    wait_until(lambda: store.jobs(("running",)), 60, "the job to start running")
+    assert procs.stop(proc, signal.SIGTERM, timeout=60) == 0, log_text(proc)
+    (job,) = store.jobs()
+    assert job.state == "done" and job.attempts == 1, job
+    assert len(list((tmp_path / "out").glob("*.seg.dcm"))) == 1
+
+
+@pytest.mark.slow
+def test_failed_job_stays_visible_with_its_error(
+    running: Callable, server_config: Callable, tmp_path: Path
+) -> None:
+    rule = {"name": "bad-window", "window": "no-such-preset", "destinations": []}
+    rule["output_folder"] = str(tmp_path / "out")
+    path, config = server_config(rules=[rule])
+    service = running(config, workers=1)
+    write_ct(tmp_path / "series", slices=3)
+    assert storescu(service.port, tmp_path / "series").returncode == 0
+    (job,) = wait_until(lambda: service.store.jobs(("failed",)), 60, "the job to fail")
+    assert job.attempts == 1, "a configuration error is not retried"
+    assert "no-such-preset" in job.error
+    state = status(path)
+    assert state["failed"] == 1
+    assert state["last_errors"][0]["job"] == job.id
+    assert "no-such-preset" in state["last_errors"][0]["error"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_series_over_several_associations_is_one_job(
+    running: Callable, server_config: Callable, tmp_path: Path
+) -> None:
+    _, config = server_config(completion={"series_idle_seconds": 2.0})
+    service = running(config, workers=0)
+    series = write_ct(tmp_path / "series", slices=6)
+    for half in (series.paths[:3], series.paths[3:]):
+        assert storescu(service.port, list(half)).returncode == 0
+    (job,) = wait_until(lambda: service.store.jobs(), 30, "the series to complete")
+    assert job.series_uid == series.series_uid
+    tracked = service.tracker.get(series.series_uid)
+    assert tracked.received == 6 and tracked.state == "submitted" and tracked.job_id == job.id
+    assert len(service.spool.series_files(series.study_uid, series.series_uid)) == 6
