@@ -23,11 +23,18 @@ from medseg.dicom.files import SkippedFile
 from medseg.dicom.volume import Volume
 from medseg.engine import open_engine
 from medseg.engine.base import Engine
-from medseg.errors import ConfigError, ModelError
+from medseg.errors import ConfigError, ModelError, PromptError
 from medseg.modelcard import ModelCard, default_model_path, load_card_for
 from medseg.postprocess import CleanupOptions, clean_mask, threshold, to_probabilities
 from medseg.preprocess import IntensityWindow, preprocess_slices, resolve_window
-from medseg.prompts import Prompt, PromptPlan, Tile, plan_prompts, select_components
+from medseg.prompts import (
+    Prompt,
+    PromptPlan,
+    Tile,
+    check_prompt_sizes,
+    plan_prompts,
+    select_components,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +79,10 @@ class SegmentOptions:
             raise ConfigError(f"SEG type must be BINARY or FRACTIONAL, got {self.seg_type!r}")
         if not 1 <= self.series_number <= 2**31 - 1:
             raise ConfigError(f"series number must be a positive integer, got {self.series_number}")
-        if self.box_margin < 0 or self.point_crop_mm <= 0:
-            raise ConfigError("box margin must be >= 0 and the point crop size positive")
+        try:
+            check_prompt_sizes(self.box_margin, self.point_crop_mm)
+        except PromptError as exc:  # an option, not a prompt: a configuration error
+            raise ConfigError(str(exc)) from None
         self.cleanup  # noqa: B018 - validates the clean-up values now, not mid-job
 
     @property

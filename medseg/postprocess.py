@@ -37,7 +37,8 @@ class CleanupOptions:
     def __post_init__(self) -> None:
         if not np.isfinite(self.min_component_mm3) or self.min_component_mm3 < 0:
             raise ConfigError(
-                f"minimum component volume must be >= 0 mm3, got {self.min_component_mm3}"
+                "minimum component volume must be a finite value >= 0 mm3, "
+                f"got {self.min_component_mm3}"
             )
 
 

@@ -63,7 +63,9 @@ class BoxPrompt:
         values = [self.x0, self.y0, self.x1, self.y1]
         values += [v for v in (self.z0, self.z1) if v is not None]
         if not all(np.isfinite(values)):
-            raise PromptError(f"box has a non-finite coordinate: {self}")
+            raise PromptError(
+                "box has a non-finite coordinate: " + ",".join(f"{v:g}" for v in values)
+            )
         if (self.z0 is None) != (self.z1 is None):
             raise PromptError("box slice range needs both ends")
         if self.space == "mm" and self.z0 is None:
@@ -82,7 +84,9 @@ class PointPrompt:
 
     def __post_init__(self) -> None:
         if not all(np.isfinite([self.x, self.y, self.z])):
-            raise PromptError(f"point has a non-finite coordinate: {self}")
+            raise PromptError(
+                f"point has a non-finite coordinate: {self.x:g},{self.y:g},{self.z:g}"
+            )
 
 
 Prompt = BoxPrompt | PointPrompt
@@ -157,16 +161,22 @@ class PromptPlan:
     negative: tuple[tuple[int, int, int], ...] = ()
 
 
-def _check_inside(index: np.ndarray, shape: tuple[int, int, int], described: str) -> None:
-    """``index`` is (..., 3) (i, j, k); inside means within half a voxel of the grid."""
+def _voxel_indices(index: np.ndarray, shape: tuple[int, int, int], described: str) -> np.ndarray:
+    """(..., 3) continuous (i, j, k) -> the nearest voxels' integer (i, j, k).
+
+    Inside means within half a voxel of the grid, so -0.5 and n - 0.5 are still inside;
+    rounding such an edge value can land one past the grid (``np.rint(15.5) == 16``), hence
+    the clip after rounding: the edge belongs to the outermost voxel.
+    """
     slices, rows, cols = shape
-    upper = np.array([cols, rows, slices], dtype=np.float64) - 0.5
-    index = np.atleast_2d(index)
-    if np.any(index < -0.5) or np.any(index > upper):
+    upper = np.array([cols, rows, slices], dtype=np.float64) - 1.0
+    index = np.asarray(index, dtype=np.float64)
+    if np.any(index < -0.5) or np.any(index > upper + 0.5):
         raise PromptError(
             f"{described} lies outside the volume (columns 0-{cols - 1}, rows 0-{rows - 1}, "
             f"slices 0-{slices - 1})"
         )
+    return np.clip(np.rint(index), 0.0, upper).astype(np.int64)
 
 
 def _box_bounds(box: BoxPrompt, volume: Volume) -> tuple[int, int, int, int, int, int]:
@@ -184,10 +194,8 @@ def _box_bounds(box: BoxPrompt, volume: Volume) -> tuple[int, int, int, int, int
         lo = np.array([min(box.x0, box.x1), min(box.y0, box.y1), min(k0, k1)])
         hi = np.array([max(box.x0, box.x1), max(box.y0, box.y1), max(k0, k1)])
         described = f"box {box.x0:g},{box.y0:g},{box.x1:g},{box.y1:g}@{k0:g}-{k1:g}"
-    _check_inside(np.stack([lo, hi]), volume.shape, described)
-    c0, r0, k0i = (int(v) for v in np.rint(lo))
-    c1, r1, k1i = (int(v) for v in np.rint(hi))
-    return c0, c1, r0, r1, k0i, k1i
+    (c0, r0, k0i), (c1, r1, k1i) = _voxel_indices(np.stack([lo, hi]), volume.shape, described)
+    return int(c0), int(c1), int(r0), int(r1), int(k0i), int(k1i)
 
 
 def _point_index(point: PointPrompt, volume: Volume) -> tuple[int, int, int]:
@@ -195,9 +203,23 @@ def _point_index(point: PointPrompt, volume: Volume) -> tuple[int, int, int]:
     xyz = np.array([point.x, point.y, point.z], dtype=float)
     index = volume.lps_to_index(xyz) if point.space == "mm" else xyz
     unit = " mm" if point.space == "mm" else ""
-    _check_inside(index, volume.shape, f"point {point.x:g},{point.y:g},{point.z:g}{unit}")
-    i, j, k = (int(v) for v in np.rint(index))
+    described = f"point {point.x:g},{point.y:g},{point.z:g}{unit}"
+    i, j, k = (int(v) for v in _voxel_indices(index, volume.shape, described))
     return k, j, i
+
+
+def check_prompt_sizes(box_margin: float, point_crop_mm: float) -> None:
+    """The box margin must be a finite fraction >= 0, the point crop a finite size > 0 mm."""
+    if not np.isfinite(box_margin) or box_margin < 0:
+        raise PromptError(f"box margin must be a finite fraction >= 0, got {box_margin}")
+    if not np.isfinite(point_crop_mm) or point_crop_mm <= 0:
+        raise PromptError(f"point crop size must be a finite size > 0 mm, got {point_crop_mm}")
+
+
+def _reach(voxels: float, limit: int, least: int) -> int:
+    """A margin in whole voxels, at least ``least`` and never beyond the grid's ``limit``
+    (a huge but finite option must not overflow, it just means "the whole slice")."""
+    return max(least, round(min(float(voxels), float(limit))))
 
 
 def plan_prompts(
@@ -212,13 +234,12 @@ def plan_prompts(
     ``box_margin`` is the context added around a box on each side as a fraction of its
     size (at least 4 voxels); ``point_crop_mm`` the side of a point's square crop.
     """
+    check_prompt_sizes(box_margin, point_crop_mm)
     slices, rows, cols = volume.shape
     if not prompts or all(isinstance(p, PointPrompt) and not p.positive for p in prompts):
         negative = tuple(_point_index(p, volume) for p in prompts)  # type: ignore[arg-type]
         tiles = tuple(Tile(k, 0, rows, 0, cols) for k in range(slices))
         return PromptPlan(tiles, None, None, None, (), negative)
-    if box_margin < 0 or point_crop_mm <= 0:
-        raise PromptError("box margin must be >= 0 and the point crop size positive")
     tiles: list[Tile] = []
     box_region = np.zeros(volume.shape, dtype=bool)
     point_region = np.zeros(volume.shape, dtype=bool)
@@ -228,8 +249,8 @@ def plan_prompts(
         if isinstance(prompt, BoxPrompt):
             c0, c1, r0, r1, k0, k1 = _box_bounds(prompt, volume)
             box_region[k0 : k1 + 1, r0 : r1 + 1, c0 : c1 + 1] = True
-            mr = max(4, round(box_margin * (r1 - r0 + 1)))
-            mc = max(4, round(box_margin * (c1 - c0 + 1)))
+            mr = _reach(box_margin * (r1 - r0 + 1), rows, 4)
+            mc = _reach(box_margin * (c1 - c0 + 1), cols, 4)
             tr0, tr1 = max(0, r0 - mr), min(rows, r1 + 1 + mr)
             tc0, tc1 = max(0, c0 - mc), min(cols, c1 + 1 + mc)
             tiles.extend(Tile(k, tr0, tr1, tc0, tc1) for k in range(k0, k1 + 1))
@@ -239,9 +260,9 @@ def plan_prompts(
         if not prompt.positive:
             continue
         half = point_crop_mm / 2.0
-        hk = int(np.floor(half / volume.spacing[0] + 1e-6))
-        hr = max(1, round(half / volume.spacing[1]))
-        hc = max(1, round(half / volume.spacing[2]))
+        hk = _reach(np.floor(half / volume.spacing[0] + 1e-6), slices, 0)
+        hr = _reach(half / volume.spacing[1], rows, 1)
+        hc = _reach(half / volume.spacing[2], cols, 1)
         ks = range(max(0, k - hk), min(slices, k + hk + 1))
         tr0, tr1 = max(0, j - hr), min(rows, j + hr + 1)
         tc0, tc1 = max(0, i - hc), min(cols, i + hc + 1)

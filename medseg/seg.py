@@ -8,12 +8,14 @@ never sees a half-written SEG.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import platform
 import tempfile
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import highdicom as hd
 import numpy as np
@@ -30,6 +32,42 @@ SEG_TYPES = ("BINARY", "FRACTIONAL")
 MANUFACTURER = "medseg"
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
 PERSON_NAME_WARNING = r"The string .* is unlikely to represent the intended person name"
+
+# Type 1 in the source: a SEG must repeat or reference them, and no value can be invented.
+REQUIRED_SOURCE_UIDS = (
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "FrameOfReferenceUID",
+)
+# Type 2 in the Patient and General Study modules ("present, may be empty"): anonymisers
+# often delete them, highdicom insists on them. The SEG gets them empty, as the standard allows.
+TYPE2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+# Type 2 values highdicom validates when it copies them (it refuses others, quoting the
+# value): what each must be. A present value that is not one of these is written empty.
+PATIENT_SEXES = ("M", "F", "O")
+CHECKED_TYPE2_VALUES = {
+    "PatientBirthDate": "date (YYYYMMDD)",
+    "PatientSex": "code (M, F or O)",
+    "StudyDate": "date (YYYYMMDD)",
+    "StudyTime": "time (HHMMSS.FFFFFF)",
+}
+_PARSERS = {
+    "PatientBirthDate": pydicom.valuerep.DA,
+    "StudyDate": pydicom.valuerep.DA,
+    "StudyTime": pydicom.valuerep.TM,
+}
 
 
 def _concept(code: Code) -> hd.sr.CodedConcept:
@@ -101,6 +139,143 @@ def _source_order(volume: Volume, masks: np.ndarray) -> tuple[list[pydicom.Datas
     return [source], ordered
 
 
+def _check_required_uids(sources: list[pydicom.Dataset]) -> None:
+    for ds in sources:
+        for keyword in REQUIRED_SOURCE_UIDS:
+            if not str(ds.get(keyword, "") or "").strip():
+                raise DicomInputError(
+                    f"the source series has no {keyword} (a required DICOM UID that cannot "
+                    "be invented): a DICOM-SEG cannot be placed on it"
+                )
+
+
+def _check_sop_classes(sources: list[pydicom.Dataset]) -> None:
+    """A SEG references its sources by SOP class: it must be a standard storage class."""
+    for ds in sources:
+        sop_class = pydicom.uid.UID(str(ds.get("SOPClassUID", "")).strip())
+        if sop_class.type != "SOP Class":
+            raise DicomInputError(
+                f"the source's SOPClassUID {_shown_uid(sop_class)} is not a standard DICOM "
+                "storage class: a DICOM-SEG cannot reference it"
+            )
+
+
+def _shown_uid(uid: str) -> str:
+    """A UID fit for a one-line message (a malformed one is not echoed)."""
+    return uid if uid and len(uid) <= 64 and set(uid) <= set("0123456789.") else "(malformed)"
+
+
+def _is_valid_value(keyword: str, value: str) -> bool:
+    if keyword == "PatientSex":
+        return value in PATIENT_SEXES
+    try:
+        _PARSERS[keyword](value)
+    except ValueError:
+        return False
+    return True
+
+
+def unusable_type2_values(ds: pydicom.Dataset) -> list[str]:
+    """Keywords of present, non-empty type 2 values that are not valid DICOM.
+
+    highdicom validates these when it copies patient and study from the first source and
+    refuses the whole object (quoting the value, which is patient data) otherwise.
+    """
+    unusable = []
+    for keyword in CHECKED_TYPE2_VALUES:
+        value = ds.get(keyword)
+        text = "" if value is None else str(value).strip()
+        if text and not _is_valid_value(keyword, text):
+            unusable.append(keyword)
+    return unusable
+
+
+def _has_value(ds: pydicom.Dataset, keyword: str) -> bool:
+    return keyword in ds and ds[keyword].value not in (None, "", b"")
+
+
+def _needs_completion(ds: pydicom.Dataset) -> bool:
+    if any(keyword not in ds for keyword in TYPE2_PATIENT_STUDY):
+        return True
+    if "SharedFunctionalGroupsSequence" not in ds:
+        return not _has_value(ds, "SliceThickness")
+    if not ds.SharedFunctionalGroupsSequence:
+        return True
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    if "PlaneOrientationSequence" not in shared or "PixelMeasuresSequence" not in shared:
+        return True
+    return not _has_value(shared.PixelMeasuresSequence[0], "SliceThickness")
+
+
+def _complete_functional_groups(ds: pydicom.Dataset, thickness: float) -> None:
+    """Shared orientation/measures for highdicom, taken from frame 1 when only per-frame.
+
+    The loader has already checked that every frame has the same orientation and spacing.
+    """
+    if not ds.SharedFunctionalGroupsSequence:
+        ds.SharedFunctionalGroupsSequence = [pydicom.Dataset()]
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or [pydicom.Dataset()]
+    for keyword in ("PlaneOrientationSequence", "PixelMeasuresSequence"):
+        if keyword not in shared and keyword in per_frame[0]:
+            setattr(shared, keyword, copy.deepcopy(per_frame[0][keyword].value))
+    if "PixelMeasuresSequence" in shared:
+        measures = shared.PixelMeasuresSequence[0]
+        if not _has_value(measures, "SliceThickness"):
+            measures.SliceThickness = pydicom.valuerep.format_number_as_ds(thickness)
+
+
+def _completed(
+    ds: pydicom.Dataset, thickness: float, blank: tuple[str, ...] = ()
+) -> pydicom.Dataset:
+    """A copy of ``ds`` with the empty type 2 attributes and slice thickness highdicom needs,
+    and the ``blank`` attributes emptied."""
+    ds = copy.deepcopy(ds)
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    for keyword in blank:
+        setattr(ds, keyword, "")
+    if "SharedFunctionalGroupsSequence" in ds:
+        _complete_functional_groups(ds, thickness)
+    elif not _has_value(ds, "SliceThickness"):
+        ds.SliceThickness = pydicom.valuerep.format_number_as_ds(thickness)
+    return ds
+
+
+def completed_sources(
+    sources: list[pydicom.Dataset], volume: Volume, *, report: bool = True
+) -> list[pydicom.Dataset]:
+    """The source headers as highdicom needs them, never modifying the Volume's own.
+
+    Type 1 problems (a missing UID, a SOP class that is no standard storage class) are a
+    ``DicomInputError``: nothing can stand in for them. Type 2 patient/study attributes that
+    are absent (common in anonymised data) are supplied empty; present values highdicom
+    cannot copy (PatientSex "U", a malformed date) are emptied too, each with a WARNING
+    that names the attribute but never its value (``report=False`` logs it at DEBUG). A
+    missing or empty SliceThickness becomes the volume's slice spacing. All of this is done
+    on copies of the headers only.
+    """
+    _check_required_uids(sources)
+    _check_sop_classes(sources)
+    blank = tuple(unusable_type2_values(sources[0]))
+    for keyword in blank:
+        log.log(
+            logging.WARNING if report else logging.DEBUG,
+            "the source's %s is not a DICOM %s: the SEG carries it empty",
+            keyword,
+            CHECKED_TYPE2_VALUES[keyword],
+        )
+    if not blank and not any(_needs_completion(ds) for ds in sources):
+        return sources
+    thickness = float(volume.spacing[0])
+    log.debug("completing type 2 attributes / slice thickness of the source headers")
+    completed = [_completed(ds, thickness) if _needs_completion(ds) else ds for ds in sources]
+    if blank:  # highdicom copies patient and study from the first source only
+        completed[0] = _completed(sources[0], thickness, blank)
+    return completed
+
+
 def _device_serial() -> str:
     return (platform.node() or "medseg")[:64]
 
@@ -115,8 +290,13 @@ def build_seg(
     series_description: str = "medseg segmentation",
     algorithm_version: str | None = None,
     algorithm_family: Code = ARTIFICIAL_INTELLIGENCE,
+    warn_blanked: bool = True,
 ) -> pydicom.Dataset:
-    """The SEG dataset for ``masks`` (segments, slices, rows, cols) on ``volume``, unwritten."""
+    """The SEG dataset for ``masks`` (segments, slices, rows, cols) on ``volume``, unwritten.
+
+    ``warn_blanked=False`` logs source values written empty at DEBUG instead of WARNING
+    (for a dry run whose SEG is discarded).
+    """
     seg_type = str(seg_type).upper()
     if seg_type not in SEG_TYPES:
         raise ConfigError(f"SEG type must be one of {', '.join(SEG_TYPES)}, not {seg_type!r}")
@@ -130,10 +310,7 @@ def build_seg(
         # highdicom needs at least one frame; an all-empty result is written with every
         # frame present (and empty) so the SEG still states "nothing found" on each slice.
         log.info("empty mask: writing all %s frames empty", pixel_array.shape[0])
-    if not sources[0].get("FrameOfReferenceUID"):
-        raise DicomInputError(
-            "the source series has no FrameOfReferenceUID: a DICOM-SEG cannot be placed on it"
-        )
+    sources = completed_sources(sources, volume, report=warn_blanked)
     try:
         with warnings.catch_warnings():
             # highdicom quotes the patient's name in this warning: keep it out of logs
@@ -148,6 +325,8 @@ def build_seg(
                 empty,
                 series_number,
             )
+    except KeyError as exc:
+        _raise_unsupported_sop_class(exc, sources)
     except (ValueError, AttributeError) as exc:  # highdicom's verdict on the source headers
         # masks and parameters are checked above: what is left is the input series itself
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -156,16 +335,32 @@ def build_seg(
     return seg
 
 
+def _raise_unsupported_sop_class(exc: KeyError, sources: list[pydicom.Dataset]) -> NoReturn:
+    """highdicom looks the source's IOD up by SOP class; a standard class it does not know
+    (e.g. a retired one) ends in a bare ``KeyError`` there. Any other KeyError is a bug."""
+    classes = {str(ds.get("SOPClassUID", "")).strip() for ds in sources}
+    key = str(exc.args[0]) if exc.args else ""
+    if key not in classes:
+        raise exc
+    name = pydicom.uid.UID(key).name
+    raise DicomInputError(
+        f"the source's SOPClassUID {_shown_uid(key)} ({name}) is not one highdicom can "
+        "reference: a DICOM-SEG cannot be placed on it"
+    ) from exc
+
+
 def check_seg_source(volume: Volume, card: ModelCard) -> None:
     """Fail before inference, not after it: can a SEG for ``card`` be built on ``volume``?
 
     Builds (and discards) the SEG of a one-voxel mask: every check of ``build_seg`` and of
     highdicom on the source headers runs, for about 0.1 s on a 200-slice series. Raises
-    ``DicomInputError`` for a source that cannot carry a SEG (e.g. no FrameOfReferenceUID).
+    ``DicomInputError`` for a source that cannot carry a SEG (a missing type 1 UID such as
+    FrameOfReferenceUID, a SOP class that is no standard storage class); absent or invalid
+    type 2 attributes are fine (``write_seg`` writes them empty and warns then).
     """
     probe = np.zeros((len(card.segments), *volume.shape), dtype=bool)
     probe[:, 0, 0, 0] = True
-    build_seg(volume, probe, card)
+    build_seg(volume, probe, card, warn_blanked=False)
 
 
 def check_output_path(path: Path) -> None:
@@ -300,6 +495,7 @@ __all__ = [
     "build_seg",
     "check_output_path",
     "check_seg_source",
+    "completed_sources",
     "save_atomically",
     "write_seg",
 ]

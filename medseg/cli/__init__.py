@@ -42,6 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pydicom reports oddities of real files as warnings; they matter to a developer (-v),
+    # not on every successful run, and their text may quote header values.
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.INFO if args.verbose else logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except MedsegError as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg import __version__
-from medseg.errors import ConfigError, ModelError
+from medseg.errors import ConfigError, ModelError, OutputError
 from medseg.modelcard import ModelCard, load_card_for
 
 log = logging.getLogger(__name__)
@@ -153,7 +153,11 @@ def run_export(args: argparse.Namespace) -> int:
     if training or notes:
         base = replace(base, extra={"training": training, "notes": notes})
     quant_report = None
-    with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {output.parent}: {exc.strerror}") from exc
+    with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         fp32_path = Path(tmp) / "fp32.onnx" if args.int8 else output
         export_onnx(model, fp32_path, static=args.static, fp16=args.fp16)
         parity = check_parity(model, fp32_path, real=real, static=args.static)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medseg.engine import BACKENDS
 from medseg.preprocess import CT_PRESETS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medseg.dicom.files import SkippedFile
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--backend", default="auto", choices=("auto", *BACKENDS), help="default: by extension"
     )
-    parser.add_argument("--threads", type=int, help="CPU inference threads (default: all)")
+    parser.add_argument(
+        "--threads", type=int, help="CPU inference threads (default: the physical cores)"
+    )
     parser.add_argument(
         "--providers",
         default="",
@@ -117,17 +125,42 @@ def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazi
     )
 
 
+# Skipped files listed one per line on stderr up to this many (all of them with -v).
+LIST_SKIPPED = 10
+
+
+def _reason_kind(reason: str) -> str:
+    """The reason without its detail: "cannot decode pixel data: <decoder text>" -> kind."""
+    return reason.split(":", 1)[0].strip()
+
+
+def skipped_report(skipped: Sequence[SkippedFile], *, list_all: bool) -> list[str]:
+    """Lines telling which input files were left out and why.
+
+    First a count per kind of reason on one line, then each file with its full reason: all
+    of them when few or when ``list_all`` (``-v``), else the first ``LIST_SKIPPED`` and a
+    hint how to see the rest.
+    """
+    if not skipped:
+        return []
+    kinds = Counter(_reason_kind(s.reason) for s in skipped)
+    counts = "; ".join(f"{n} {kind}" for kind, n in kinds.most_common())
+    lines = [f"medseg segment: skipped {len(skipped)} file(s): {counts}"]
+    shown = skipped if list_all or len(skipped) <= LIST_SKIPPED else skipped[:LIST_SKIPPED]
+    lines += [f"  skipped {s.path}: {s.reason}" for s in shown]
+    if len(shown) < len(skipped):
+        lines.append(f"  ... and {len(skipped) - len(shown)} more (run with -v to list all)")
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from medseg.pipeline import segment
 
     options = build_options(args)
     result = segment(args.inputs, args.output, options, progress=not args.no_progress)
-    if result.skipped:
-        print(
-            f"medseg segment: skipped {len(result.skipped)} unreadable file(s), "
-            f"e.g. {result.skipped[0].path}: {result.skipped[0].reason}",
-            file=sys.stderr,
-        )
+    verbose = getattr(args, "verbose", 0) > 0  # medseg -v
+    for line in skipped_report(result.skipped, list_all=verbose):
+        print(line, file=sys.stderr)
     print(result.summary())
     if result.preview is not None:
         print(f"preview: {result.preview}")

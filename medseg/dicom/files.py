@@ -22,6 +22,8 @@ from medseg.errors import DicomInputError
 log = logging.getLogger(__name__)
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+NOT_DICOM = "not a DICOM file"
+NO_SERIES_UID = "incomplete DICOM header: no SeriesInstanceUID (file truncated?)"
 
 InputPaths = str | os.PathLike | Sequence[str | os.PathLike]
 
@@ -118,9 +120,11 @@ def is_dicomdir(path: Path, dataset: pydicom.Dataset | None = None) -> bool:
 
 
 def read_headers(inputs: InputPaths) -> tuple[list[Header], list[SkippedFile]]:
-    """Headers of every DICOM file below ``inputs`` plus the files that were not DICOM.
+    """Headers of every DICOM file below ``inputs`` plus the files that cannot be used.
 
-    Raises ``DicomInputError`` when no file at all could be read as DICOM.
+    Skipped (with the reason): files that are not DICOM, unreadable headers, and headers
+    without a SeriesInstanceUID (a truncated file often reads "successfully" up to where it
+    stops). Raises ``DicomInputError`` when no file at all could be read as DICOM.
     """
     paths = normalise_inputs(inputs)
     headers: list[Header] = []
@@ -137,7 +141,7 @@ def read_headers(inputs: InputPaths) -> tuple[list[Header], list[SkippedFile]]:
         except InvalidDicomError:
             raw = _read_raw_dataset(path)
             if raw is None:
-                skipped.append(SkippedFile(path, "not a DICOM file"))
+                skipped.append(SkippedFile(path, NOT_DICOM))
                 continue
             dataset, forced = raw, True
         except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
@@ -146,9 +150,20 @@ def read_headers(inputs: InputPaths) -> tuple[list[Header], list[SkippedFile]]:
         if is_dicomdir(path, dataset):
             log.debug("ignoring DICOMDIR %s", path)
             continue
+        if not str(dataset.get("SeriesInstanceUID", "") or "").strip():
+            # pydicom reads a file cut short without complaint: what is left has no series
+            log.debug("skipping %s: %s", path, NO_SERIES_UID)
+            skipped.append(SkippedFile(path, NO_SERIES_UID))
+            continue
         headers.append(Header(path, dataset, forced))
     if not headers:
         where = ", ".join(str(p) for p in paths)
+        dicom = [s for s in skipped if s.reason != NOT_DICOM]
+        if dicom:
+            raise DicomInputError(
+                f"no usable DICOM files in {where} ({total} file(s) looked at; "
+                f"{dicom[0].path.name}: {dicom[0].reason})"
+            )
         raise DicomInputError(f"no DICOM files found in {where} ({total} file(s) looked at)")
     log.debug("read %s DICOM header(s), skipped %s file(s)", len(headers), len(skipped))
     return headers, skipped

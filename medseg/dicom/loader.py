@@ -20,7 +20,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from medseg.dicom.files import Header, InputPaths, SkippedFile, read_headers
 from medseg.dicom.frames import FrameInfo, frame_count, frames_of
 from medseg.dicom.geometry import build_grid
-from medseg.dicom.series import choose_series
+from medseg.dicom.series import choose_series, left_out
 from medseg.dicom.volume import SourceFrame, Volume
 from medseg.errors import DicomInputError
 
@@ -86,6 +86,21 @@ def _decode_pixels(ds: pydicom.Dataset) -> np.ndarray:
     return ds.pixel_array
 
 
+def _identity_from_file_meta(ds: pydicom.Dataset) -> None:
+    """A dataset that lost its SOP class/instance UID still names them in its file meta.
+
+    Those are the same values by definition (PS3.10), so restoring them is no invention;
+    where neither exists the UID stays missing and the SEG writer refuses the series.
+    """
+    meta = getattr(ds, "file_meta", None) or pydicom.Dataset()
+    for keyword, meta_keyword in (
+        ("SOPClassUID", "MediaStorageSOPClassUID"),
+        ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
+    ):
+        if not ds.get(keyword) and meta.get(meta_keyword):
+            setattr(ds, keyword, meta.get(meta_keyword))
+
+
 def _read_instance(path: Path, forced: bool = False) -> _Instance:
     """Read and decode one file; ``ValueError``-like decoder failures propagate to the caller."""
     ds = pydicom.dcmread(path, force=forced)
@@ -107,6 +122,7 @@ def _read_instance(path: Path, forced: bool = False) -> _Instance:
             delattr(ds, keyword)
     if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
         del ds.SpecificCharacterSet  # empty means the default repertoire; writers reject ''
+    _identity_from_file_meta(ds)
     return _Instance(path, ds, pixels, photometric == "MONOCHROME1", _stored_range(ds))
 
 
@@ -190,11 +206,14 @@ def load_series(inputs: InputPaths, *, series_uid: str | None = None) -> LoadedS
     """Load the single CT/MR series below ``inputs`` (or the one ``series_uid`` names).
 
     ``inputs`` is a file, a folder or a sequence of them (searched recursively, any file
-    name). Unreadable files are skipped and listed in ``LoadedSeries.skipped``; anything
+    name). Files that were read but cannot be used (unreadable, not DICOM, no series UID,
+    members of the chosen series that are no CT/MR slice, undecodable pixel data, scouts) are
+    skipped and listed in ``LoadedSeries.skipped`` with the reason; anything
     that prevents one consistent volume raises ``DicomInputError`` with a one-line reason.
     """
     headers, skipped = read_headers(inputs)
     uid, group = choose_series(headers, series_uid)
+    skipped.extend(left_out(headers, uid, group))
     group = _drop_localizers(group, skipped)
     instances, frames = _decode_series(group, skipped)
     if not instances:
@@ -214,7 +233,9 @@ def load_series(inputs: InputPaths, *, series_uid: str | None = None) -> LoadedS
         voxels[k] = _real_values(instance, frame)
         ds = instance.dataset
         number = None if frame.frame_index is None else frame.frame_index + 1
-        source_frames.append(SourceFrame(str(ds.SOPClassUID), str(ds.SOPInstanceUID), number))
+        source_frames.append(
+            SourceFrame(str(ds.get("SOPClassUID", "")), str(ds.get("SOPInstanceUID", "")), number)
+        )
         if frame.instance not in dataset_order:
             dataset_order.append(frame.instance)
     head = instances[first.instance].dataset

@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from medseg.dicom.files import Header, InputPaths, read_headers
+from medseg.dicom.files import Header, InputPaths, SkippedFile, read_headers
 from medseg.errors import DicomInputError
 
 IMAGE_MODALITIES = frozenset({"CT", "MR"})
@@ -43,6 +43,22 @@ def is_image_header(header: Header) -> bool:
     )
 
 
+def why_not_image(header: Header) -> str:
+    """Why an instance of an image series cannot be one of its slices (one line)."""
+    ds = header.dataset
+    modality = str(ds.get("Modality", "")).upper()
+    if modality not in IMAGE_MODALITIES:
+        return f"not a CT or MR image: modality {modality or 'missing'}"
+    return "incomplete DICOM header: no Rows/Columns (not an image, or file truncated?)"
+
+
+def left_out(headers: list[Header], uid: str, images: list[Header]) -> list[SkippedFile]:
+    """The files of series ``uid`` that are not among its ``images``, with the reason."""
+    used = {id(h) for h in images}
+    members = group_by_series(headers).get(uid, [])
+    return [SkippedFile(h.path, why_not_image(h)) for h in members if id(h) not in used]
+
+
 def group_by_series(headers: list[Header]) -> OrderedDict[str, list[Header]]:
     """SeriesInstanceUID -> headers, in the order series were first met."""
     groups: OrderedDict[str, list[Header]] = OrderedDict()
@@ -71,6 +87,13 @@ def scan_series(inputs: InputPaths) -> list[SeriesSummary]:
     return sorted(summaries, key=lambda s: not s.is_image)
 
 
+def _what(summary: SeriesSummary) -> str:
+    """A series' modality, saying why a CT/MR one is not an image series."""
+    if summary.modality.upper() in IMAGE_MODALITIES:
+        return f"{summary.modality} without image pixel data: no Rows/Columns"
+    return summary.modality or "no modality"
+
+
 def choose_series(headers: list[Header], series_uid: str | None) -> tuple[str, list[Header]]:
     """The one CT/MR series to load, or a ``DicomInputError`` that lists the choices."""
     groups = group_by_series(headers)
@@ -83,8 +106,7 @@ def choose_series(headers: list[Header], series_uid: str | None) -> tuple[str, l
         if not images:
             summary = summarise(wanted, groups[wanted])
             raise DicomInputError(
-                f"series {wanted} is not a CT or MR image series "
-                f"(modality {summary.modality or 'missing'})"
+                f"series {wanted} is not a CT or MR image series (modality: {_what(summary)})"
             )
         return wanted, images
     candidates = OrderedDict(
@@ -92,9 +114,7 @@ def choose_series(headers: list[Header], series_uid: str | None) -> tuple[str, l
     )
     candidates = OrderedDict((uid, group) for uid, group in candidates.items() if group)
     if not candidates:
-        found = ", ".join(
-            sorted({summarise(u, g).modality or "no modality" for u, g in groups.items()})
-        )
+        found = ", ".join(sorted({_what(summarise(u, g)) for u, g in groups.items()}))
         raise DicomInputError(f"no CT or MR image series found (found only: {found})")
     if len(candidates) > 1:
         listing = "; ".join(summarise(u, g).describe() for u, g in candidates.items())

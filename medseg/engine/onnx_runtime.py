@@ -6,7 +6,9 @@ Named ``onnx_runtime`` so it never shadows the ``onnxruntime`` package it wraps.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,8 @@ PROVIDER_PACKAGES = {
     "QNNExecutionProvider": "pip install onnxruntime-qnn (instead of onnxruntime)",
 }
 DEFAULT_QNN_BACKEND = "libQnnHtp.so"
+CPU_SYSFS = Path("/sys/devices/system/cpu")
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
 def _import_onnxruntime() -> Any:
@@ -41,6 +45,54 @@ def _import_onnxruntime() -> Any:
             "the onnxruntime backend needs the onnxruntime package: pip install onnxruntime"
         ) from exc
     return onnxruntime
+
+
+def physical_cores(
+    cpu_root: Path = CPU_SYSFS,
+    allowed: Iterable[int] | None = None,
+    cpu_max: Path = CGROUP_CPU_MAX,
+) -> int:
+    """Physical cores among the CPUs this process may run on, within its cgroup CPU quota.
+
+    Hyper-threads of one core share its arithmetic units, so ONNX Runtime gains little from
+    them; counting distinct (package, core) pairs from sysfs over the affinity mask gives
+    the physical cores (the allowed logical CPUs where sysfs has no topology). A container
+    limited to e.g. 2 CPUs by a cgroup v2 quota (``cpu.max``) on a big host gets 2, not the
+    host's cores: more threads than the quota only queue.
+    """
+    cpus = sorted(allowed) if allowed is not None else sorted(_affinity())
+    cores: set[tuple[str, str]] = set()
+    for cpu in cpus:
+        topology = cpu_root / f"cpu{cpu}" / "topology"
+        try:
+            package = (topology / "physical_package_id").read_text().strip()
+            core = (topology / "core_id").read_text().strip()
+        except OSError:
+            cores = {("cpu", str(c)) for c in cpus}
+            break
+        cores.add((package, core))
+    count = len(cores)
+    quota = _cgroup_quota(cpu_max)
+    if quota is not None:
+        count = min(count, quota)
+    return max(1, count)
+
+
+def _cgroup_quota(cpu_max: Path) -> int | None:
+    """CPUs granted by a cgroup v2 ``cpu.max`` ("QUOTA PERIOD" or "max PERIOD"), rounded up."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota == "max":
+            return None
+        return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _affinity() -> set[int]:
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
 
 
 def _provider_entries(
@@ -82,11 +134,13 @@ class OnnxRuntimeEngine:
         self.card = card
         entries = _provider_entries(providers, card, ort.get_available_providers())
         options = ort.SessionOptions()
-        if threads is not None:
-            if threads < 1:
-                raise ModelError(f"threads must be >= 1, got {threads}")
-            options.intra_op_num_threads = int(threads)
-            options.inter_op_num_threads = 1
+        if threads is not None and threads < 1:
+            raise ModelError(f"threads must be >= 1, got {threads}")
+        # one graph runs at a time (sequential execution), so inter-op threads would only
+        # idle; intra-op: the physical cores this process may use unless told otherwise
+        options.intra_op_num_threads = int(threads) if threads is not None else physical_cores()
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
         qnn = any(isinstance(e, tuple) and e[0] == "QNNExecutionProvider" for e in entries)
         if card.batch or qnn:  # HTP compiles static graphs: pin a symbolic batch axis

@@ -87,7 +87,23 @@ def quantize_int8(
     Static QDQ: per-channel S8 weights, U8 activations with ``reduce_range`` (no VNNI on
     this kind of CPU: avoids VPMADDUBSW saturation). If static quantization fails, or
     ``method="dynamic"``, dynamic quantization (weights only, activations at run time).
+    Only a finished file ever appears at ``out_path``.
     """
+    if method not in ("static", "dynamic"):
+        raise ConfigError(f"INT8 method must be static or dynamic, not {method!r}")
+    if method == "static" and (calibration is None or not len(calibration)):
+        raise ConfigError("static INT8 needs calibration slices (--calibration DIR)")
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+        result = Path(tmp) / "int8.onnx"
+        used = _quantize_into(Path(fp32_path), Path(tmp), result, calibration, method)
+        result.replace(out_path)
+    return used
+
+
+def _quantize_into(
+    fp32_path: Path, tmp: Path, out_path: Path, calibration: np.ndarray | None, method: str
+) -> str:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -97,38 +113,32 @@ def quantize_int8(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    if method not in ("static", "dynamic"):
-        raise ConfigError(f"INT8 method must be static or dynamic, not {method!r}")
-    out_path = Path(out_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-        if method == "static":
-            if calibration is None or not len(calibration):
-                raise ConfigError("static INT8 needs calibration slices (--calibration DIR)")
-            try:
-                quantize_static(
-                    str(prepared),
-                    str(out_path),
-                    _SliceReader(calibration),
-                    quant_format=QuantFormat.QDQ,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    per_channel=True,
-                    reduce_range=True,
-                    op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                    calibrate_method=CalibrationMethod.MinMax,
-                )
-                return "static-qdq"
-            except (RuntimeError, ValueError) as exc:
-                log.warning("static INT8 failed (%s); falling back to dynamic", exc)
+    prepared = tmp / "prepared.onnx"
+    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+    if method == "static":
         try:
-            quantize_dynamic(
-                str(prepared), str(out_path), weight_type=QuantType.QInt8, per_channel=True
+            quantize_static(
+                str(prepared),
+                str(out_path),
+                _SliceReader(calibration),  # type: ignore[arg-type]
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                reduce_range=True,
+                op_types_to_quantize=["Conv", "MatMul", "Gemm"],
+                calibrate_method=CalibrationMethod.MinMax,
             )
+            return "static-qdq"
         except (RuntimeError, ValueError) as exc:
-            raise ModelError(f"INT8 quantization failed: {exc}") from exc
-        return "dynamic"
+            log.warning("static INT8 failed (%s); falling back to dynamic", exc)
+    try:
+        quantize_dynamic(
+            str(prepared), str(out_path), weight_type=QuantType.QInt8, per_channel=True
+        )
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"INT8 quantization failed: {exc}") from exc
+    return "dynamic"
 
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:

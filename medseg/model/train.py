@@ -179,6 +179,8 @@ def _train(options: TrainOptions) -> TrainResult:
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        # a resumed run may ask for more epochs: stretch the cosine over the new length
+        scheduler.T_max = options.epochs * steps
         start_epoch = int(state["epoch"]) + 1
         best_dice, best_epoch = float(state["best_val_dice"]), int(state["best_epoch"])
         rng.bit_generator.state = state["numpy_rng"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,16 +180,45 @@ class DeliveryConfig:
             _check_ae("calling_ae_title", self.calling_ae_title)
 
 
+MODEL_BACKENDS = ("auto", "onnxruntime", "aidlite")
+# ONNX Runtime execution providers by short name (medseg.engine.onnx_runtime's aliases);
+# full names ending in "ExecutionProvider" are passed through as they are.
+PROVIDER_NAMES = ("cpu", "cuda", "tensorrt", "qnn")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """The default model for rules that name none; '' means the bundled model."""
+    """The default model for rules that name none ('' = the bundled one) and how to run it.
+
+    ``backend`` picks the inference runtime (auto = by file extension: .onnx -> onnxruntime,
+    .bin/.dlc -> aidlite on a Qualcomm NPU); ``providers`` asks ONNX Runtime for execution
+    providers in order of preference (CPU is always the last fallback).
+    """
 
     path: str = ""
     backend: str = "auto"
     threads: int = 0
+    providers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        _require(
+            self.backend in MODEL_BACKENDS,
+            "backend",
+            f"must be one of {', '.join(MODEL_BACKENDS)}, got {self.backend!r}",
+        )
         _require(self.threads >= 0, "threads", "must be >= 0 (0 = library default)")
+        for i, name in enumerate(self.providers):
+            _require(
+                name.lower() in PROVIDER_NAMES or name.endswith("ExecutionProvider"),
+                f"providers[{i}]",
+                f"unknown ONNX Runtime provider {name!r} (use {', '.join(PROVIDER_NAMES)} "
+                "or a full name such as 'CUDAExecutionProvider')",
+            )
+        _require(
+            not self.providers or self.backend != "aidlite",
+            "providers",
+            "applies to the onnxruntime backend only (backend is 'aidlite')",
+        )
 
 
 @dataclass(frozen=True)
@@ -241,14 +271,18 @@ class RuleConfig:
     min_slices: int = 1
     model: str = ""
     window: str = ""
-    threshold: float = 0.0
+    threshold: float | None = None
     destinations: tuple[str, ...] = (CALLER,)
     output_folder: str = ""
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "name", "is required")
         _require(self.min_slices >= 1, "min_slices", "must be >= 1")
-        _require(0.0 <= self.threshold < 1.0, "threshold", "must lie in [0, 1) (0 = model card)")
+        _require(
+            self.threshold is None or 0.0 < self.threshold < 1.0,
+            "threshold",
+            f"must lie in (0, 1), got {self.threshold} (leave it out for the model card's)",
+        )
         try:
             re.compile(self.series_description)
         except re.error as exc:
@@ -327,6 +361,9 @@ _ARRAYS = {"peers": PeerConfig, "destinations": DestinationConfig, "rules": Rule
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check one TOML value against a dataclass field type, converting lists to tuples."""
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # "X | None": TOML has no null, X is given
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _coerce(key, value, hint)
     if origin is tuple:
         _require(isinstance(value, list), key, f"must be a list, got {type(value).__name__}")
         item = typing.get_args(hint)[0]

@@ -116,7 +116,9 @@ def run_demo(options: DemoOptions) -> DemoResult:
     try:
         with tempfile.TemporaryDirectory(prefix="medseg-demo-") as tmp:
             _associate(options).release()  # fail fast, before making the phantom
-            phantom = write_phantom(Path(tmp), options.seed)
+            # Fresh study/series/instance UIDs on every run: a PACS or a listener that skips
+            # series it has already processed would otherwise ignore a second demo.
+            phantom = write_phantom(Path(tmp), options.seed, unique_uids=True)
             files = sorted(phantom.series_dir.glob("*.dcm"))
             started = time.monotonic()
             _send(_associate(options), files)

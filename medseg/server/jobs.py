@@ -53,7 +53,7 @@ class Job:
     rule: str
     model: str = ""
     window: str = ""
-    threshold: float = 0.0
+    threshold: float | None = None  # None: the model card's
     output_folder: str = ""
     state: str = QUEUED
     attempts: int = 0

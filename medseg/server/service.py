@@ -13,8 +13,10 @@ import logging
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
+from medseg.errors import MedsegError
 from medseg.server.completion import SUBMITTED, UNMATCHED, SeriesInfo, SeriesTracker
 from medseg.server.config import CALLER, ServerConfig
 from medseg.server.jobs import DONE, FAILED, Delivery, Job, JobBook, JobStore, job_id_for
@@ -125,6 +127,7 @@ class Service:
         self._housekeeper: threading.Thread | None = None
         self._last_sweep = 0.0
         self._last_retention = 0.0
+        self._models_checked = False
 
     # -- queue ---------------------------------------------------------------------------
     def enqueue(self, job_id: str, delay: float = 0.0) -> None:
@@ -229,7 +232,45 @@ class Service:
             self._last_retention = now
             self.apply_retention(now)
 
+    # -- models --------------------------------------------------------------------------
+    def check_models(self) -> list[Path]:
+        """Open every model the rules use before accepting images; raise if one is broken.
+
+        A node that accepts series it cannot segment fails every job; better to refuse to
+        start with the reason. With workers the models are loaded (and kept for the first
+        jobs); a listen-only node on the embedded queue checks the files and cards only
+        (its workers run beside it), one feeding Redis workers elsewhere checks nothing:
+        those workers check at their own start.
+        """
+        rule_models = [rule.model for rule in self.config.rules]
+        if not rule_models:
+            self._models_checked = True
+            return []
+        try:
+            if self.workers > 0 and hasattr(self._segmenter, "preload"):
+                paths = self._segmenter.preload(rule_models)
+            elif self.workers == 0 and self.config.queue.backend == "sqlite":
+                paths = [self._check_model_file(model) for model in rule_models]
+            else:
+                paths = []
+        except MedsegError as exc:
+            message = " ".join(str(exc).split())
+            raise type(exc)(f"cannot start: {message}") from exc
+        self._models_checked = True
+        for path in dict.fromkeys(paths):
+            logger.info("model %s ready", path)
+        return paths
+
+    def _check_model_file(self, rule_model: str) -> Path:
+        from medseg.pipeline import SegmentOptions, resolve_model
+
+        path = PipelineSegmenter(self.config.model).model_path(rule_model)
+        resolve_model(SegmentOptions(model=path))
+        return path
+
     def start(self) -> None:
+        if not self._models_checked:
+            self.check_models()
         if self.tracker is not None:
             recovered = self.tracker.recover(self.spool.incoming)
             if recovered:
@@ -284,7 +325,8 @@ class Service:
         logger.info("medseg stopped")
 
     def run_forever(self) -> None:
-        """Start, then block until SIGTERM or SIGINT; shut down gracefully."""
+        """Check the models, start, then block until SIGTERM or SIGINT; shut down gracefully."""
+        self.check_models()  # a broken model: one error line, nothing started, nothing to stop
         stop = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -5,40 +5,73 @@ per-destination delivery backlog, series by state. Read-only; works while the se
 from __future__ import annotations
 
 import time
-from collections import Counter
 from typing import Any
 
 from medseg.server.completion import SeriesTracker
 from medseg.server.config import ServerConfig
-from medseg.server.jobs import FAILED, PENDING, STATES, UNDELIVERABLE
+from medseg.server.jobs import (
+    DELIVERED,
+    DELIVERING,
+    FAILED,
+    PENDING,
+    RUNNING,
+    STATES,
+    UNDELIVERABLE,
+)
 from medseg.server.queue import JobQueue
 from medseg.server.service import open_spool, open_store
 
 
 def collect_status(config: ServerConfig, *, errors: int = 5) -> dict[str, Any]:
-    """A JSON-ready snapshot of the service's state (no patient identifiers)."""
+    """A JSON-ready snapshot of the service's state (UIDs, never patient identifiers)."""
     spool = open_spool(config)
     store = open_store(config, spool)
     try:
         jobs = store.jobs()
     finally:
         store.close()
-    backlog: Counter[str] = Counter()
-    undeliverable: Counter[str] = Counter()
+    now = time.time()
+    # Only a job that has its SEG (state delivering) has something waiting to be sent: the
+    # pending deliveries of a queued or failed job are not a destination's backlog.
+    destinations: dict[str, dict[str, Any]] = {}
     for job in jobs:
         for d in job.deliveries:
             label = f"{d.name} ({d.ae_title}@{d.host}:{d.port})"
-            if d.state == PENDING:
-                backlog[label] += 1
+            entry = destinations.setdefault(
+                label,
+                {"destination": label, "waiting": 0, "undeliverable": 0, "delivered": 0},
+            )
+            if d.state == PENDING and job.state == DELIVERING:
+                entry["waiting"] += 1
+                entry["oldest_seconds"] = max(entry.get("oldest_seconds", 0.0), now - job.updated)
+                retry = max(0.0, d.next_attempt - now)
+                entry["next_try_seconds"] = min(entry.get("next_try_seconds", retry), retry)
+                if d.error:
+                    entry["last_error"] = d.error
             elif d.state == UNDELIVERABLE:
-                undeliverable[label] += 1
+                entry["undeliverable"] += 1
+                entry["last_error"] = d.error
+            elif d.state == DELIVERED:
+                entry["delivered"] += 1
     with_errors = sorted((j for j in jobs if j.error), key=lambda j: j.updated, reverse=True)
-    delivery_errors = [
-        {"job": j.id, "destination": d.name, "attempts": d.attempts, "error": d.error}
-        for j in jobs
-        for d in j.deliveries
-        if d.error
-    ]
+    delivery_errors = sorted(
+        (
+            {
+                "job": j.id,
+                "series": j.series_uid,
+                "destination": d.name,
+                "state": d.state,
+                "attempts": d.attempts,
+                "error": d.error,
+                "time": j.updated,
+            }
+            for j in jobs
+            for d in j.deliveries
+            if d.error and d.state != DELIVERED
+        ),
+        key=lambda e: e["time"],
+        reverse=True,
+    )
     series = SeriesTracker(spool.database).counts() if spool.database.is_file() else {}
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -47,10 +80,21 @@ def collect_status(config: ServerConfig, *, errors: int = 5) -> dict[str, Any]:
         "queue_depth": JobQueue(config.queue, spool.root).depth(),
         "jobs": {state: sum(1 for j in jobs if j.state == state) for state in STATES},
         "series": series,
-        "delivery_backlog": dict(backlog),
-        "undeliverable": dict(undeliverable),
+        "delivery_backlog": {k: v["waiting"] for k, v in destinations.items() if v["waiting"]},
+        "undeliverable": {
+            k: v["undeliverable"] for k, v in destinations.items() if v["undeliverable"]
+        },
+        "destinations": list(destinations.values()),
         "last_errors": [
-            {"job": j.id, "series": j.series_uid, "state": j.state, "error": j.error}
+            {
+                "job": j.id,
+                "series": j.series_uid,
+                "rule": j.rule,
+                "state": j.state,
+                "attempts": j.attempts,
+                "error": j.error,
+                "time": j.updated,
+            }
             for j in with_errors[:errors]
         ],
         "delivery_errors": delivery_errors[:errors],
@@ -58,23 +102,52 @@ def collect_status(config: ServerConfig, *, errors: int = 5) -> dict[str, Any]:
     }
 
 
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _clock(stamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
 def format_status(status: dict[str, Any]) -> str:
-    """The snapshot as a few aligned lines for a terminal."""
+    """The snapshot as short labelled lines for a terminal: the states that matter first."""
+    jobs = status["jobs"]
     lines = [
+        f"medseg status at {status['time']}",
         f"spool        {status['spool']}",
-        f"queue        {status['queue_backend']}, {status['queue_depth']} message(s) waiting",
-        "jobs         " + ", ".join(f"{k} {v}" for k, v in status["jobs"].items()),
-        "series       " + (", ".join(f"{k} {v}" for k, v in status["series"].items()) or "-"),
+        f"queue        {status['queue_backend']}: {status['queue_depth']} message(s) waiting, "
+        f"{jobs.get(RUNNING, 0)} job(s) running",
+        "jobs         " + ", ".join(f"{k} {v}" for k, v in jobs.items()),
+        "series       " + (", ".join(f"{k} {v}" for k, v in status["series"].items()) or "none"),
     ]
-    backlog = status["delivery_backlog"]
-    lines.append("backlog      " + (", ".join(f"{k}: {v}" for k, v in backlog.items()) or "none"))
-    for label, count in status["undeliverable"].items():
-        lines.append(f"undeliverable {label}: {count}")
+    destinations = status.get("destinations", [])
+    if not destinations:
+        lines.append("delivery     no destinations used yet")
+    for entry in destinations:
+        parts = [f"{entry['waiting']} waiting"]
+        if entry["waiting"]:
+            parts.append(f"oldest {_ago(entry['oldest_seconds'])}")
+            parts.append(f"next try in {_ago(entry['next_try_seconds'])}")
+        if entry["undeliverable"]:
+            parts.append(f"{entry['undeliverable']} UNDELIVERABLE")
+        parts.append(f"{entry['delivered']} delivered")
+        lines.append(f"delivery     {entry['destination']}: " + ", ".join(parts))
+    if status["last_errors"] or status["delivery_errors"]:
+        lines.append("errors       newest first")
     for err in status["last_errors"]:
-        lines.append(f"error        job {err['job']} ({err['state']}): {err['error']}")
+        lines.append(
+            f"  {_clock(err['time'])}  job {err['state']} (rule {err['rule']}, series "
+            f"{err['series']}, attempt {err['attempts']}): {err['error']}"
+        )
     for err in status["delivery_errors"]:
         lines.append(
-            f"send error   job {err['job']} -> {err['destination']} "
-            f"(attempt {err['attempts']}): {err['error']}"
+            f"  {_clock(err['time'])}  send to {err['destination']} {err['state']} "
+            f"(series {err['series']}, attempt {err['attempts']}): {err['error']}"
         )
     return "\n".join(lines)

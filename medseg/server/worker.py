@@ -3,9 +3,10 @@
 The huey task only calls ``JobRunner.run(job_id)``. The claim (a CAS on the job record)
 decides whether this worker runs the job; while it runs, a heartbeat thread renews the
 lease, so a job whose worker was killed is found by the sweep once the lease expires and
-runs again. Errors another attempt cannot fix (bad input, configuration, prompt) fail the
-job at once with their message; anything else is retried after ``retry_delay_seconds``
-until ``max_attempts``.
+runs again. Errors another attempt cannot fix (bad input, configuration, prompt, a missing
+or broken model or backend) fail the job at once with their message; transient ones (a
+failed write, anything unexpected) are retried after ``retry_delay_seconds`` until
+``max_attempts``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from medseg.errors import ConfigError, DicomInputError, PromptError
+from medseg.errors import ConfigError, DicomInputError, ModelError, OutputError, PromptError
 from medseg.server.config import ModelConfig, QueueConfig
 from medseg.server.jobs import QUEUED, Job, JobBook
 from medseg.server.spool import Spool, fsync_dir
@@ -31,8 +32,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-# Errors that another attempt cannot fix: the job fails at once with the message.
-PERMANENT_ERRORS = (DicomInputError, ConfigError, PromptError)
+# Errors that another attempt cannot fix: the job fails at once with the message. A model
+# that is missing or corrupt, or a backend that is not installed (EngineUnavailableError is
+# a ModelError), stays so: retrying would only reload it max_attempts times. OutputError and
+# OSError (disk full, unwritable folder) may pass, so they are retried.
+PERMANENT_ERRORS = (DicomInputError, ConfigError, ModelError, PromptError)
 
 
 @dataclass(frozen=True)
@@ -51,40 +55,86 @@ Segmenter = Callable[[list[Path], Path, Job], Outcome]
 
 
 class PipelineSegmenter:
-    """Runs ``medseg.pipeline.segment`` and keeps opened models across jobs (one per path)."""
+    """Runs ``medseg.pipeline.segment`` and keeps opened models across jobs (one per file).
+
+    Models are keyed by their resolved path and loaded under a per-model lock, so a worker
+    loading one model does not hold up workers using another.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         self.config = config
-        self._models: dict[str, LoadedModel] = {}
-        self._lock = threading.Lock()
+        self._models: dict[Path, LoadedModel] = {}
+        self._loading: dict[Path, threading.Lock] = {}
+        self._lock = threading.Lock()  # guards the two dicts only, never held while loading
 
-    def _options(self, job: Job) -> SegmentOptions:
+    def options(self, job: Job) -> SegmentOptions:
+        """The pipeline options for ``job``: its rule's settings over the [model] section."""
         from medseg.pipeline import SegmentOptions
 
-        model = job.model or self.config.path
         return SegmentOptions(
-            model=Path(model) if model else None,
+            model=self.model_path(job.model),
             backend=self.config.backend,
             threads=self.config.threads or None,
+            providers=self.config.providers,
             window=job.window or "auto",
-            threshold=job.threshold or None,
+            threshold=job.threshold,
             series_uid=job.series_uid,
         )
 
-    def _model(self, options: SegmentOptions) -> LoadedModel:
+    def model_path(self, rule_model: str = "") -> Path:
+        """The resolved model file for a rule's ``model`` ('' = [model].path, '' = bundled)."""
+        from medseg.modelcard import DEFAULT_MODEL_NAME, bundled_models_dir
+
+        model = rule_model or self.config.path
+        if model:
+            return Path(model).expanduser().resolve()
+        bundled = bundled_models_dir() / DEFAULT_MODEL_NAME
+        if not bundled.is_file():
+            raise ModelError(
+                f"the bundled model {bundled} is missing: set [model].path (or a rule's model) "
+                "to a .onnx with its model card, or see models/README.md"
+            )
+        return bundled.resolve()
+
+    def _key_lock(self, key: Path) -> threading.Lock:
+        with self._lock:
+            return self._loading.setdefault(key, threading.Lock())
+
+    def model(self, options: SegmentOptions) -> LoadedModel:
+        """The opened model for ``options.model``, loaded on first use."""
         from medseg.pipeline import load_model
 
-        key = str(options.model)
-        with self._lock:
-            if key not in self._models:
-                self._models[key] = load_model(options)
-            return self._models[key]
+        key = Path(options.model) if options.model else self.model_path()
+        with self._key_lock(key):
+            with self._lock:
+                loaded = self._models.get(key)
+            if loaded is None:
+                loaded = load_model(options)
+                with self._lock:
+                    self._models[key] = loaded
+            return loaded
+
+    def preload(self, rule_models: list[str]) -> list[Path]:
+        """Open every model the rules name now: a broken one stops the service at start."""
+        from dataclasses import replace
+
+        from medseg.pipeline import SegmentOptions
+
+        base = SegmentOptions(
+            backend=self.config.backend,
+            threads=self.config.threads or None,
+            providers=self.config.providers,
+        )
+        paths = list(dict.fromkeys(self.model_path(m) for m in rule_models))
+        for path in paths:
+            self.model(replace(base, model=path))
+        return paths
 
     def __call__(self, files: list[Path], output: Path, job: Job) -> Outcome:
         from medseg.pipeline import segment
 
-        options = self._options(job)
-        result = segment(files, output, options, model=self._model(options))
+        options = self.options(job)
+        result = segment(files, output, options, model=self.model(options))
         return Outcome(
             output=Path(result.output),
             seg_uid=result.sop_instance_uid,
@@ -96,9 +146,10 @@ class PipelineSegmenter:
 
     def close(self) -> None:
         with self._lock:
-            for model in self._models.values():
-                model.close()
+            models = list(self._models.values())
             self._models.clear()
+        for model in models:
+            model.close()
 
 
 class _Heartbeat(threading.Thread):
@@ -184,14 +235,13 @@ class JobRunner:
             logger.error("job %s failed: %s", job.id, exc)
             self.book.failed(job.id, owner, str(exc), retry_in=None)
             return
+        except (OutputError, OSError) as exc:  # a full disk or a flaky share may recover
+            logger.warning("job %s: %s; retrying", job.id, exc)
+            self._retry(job, owner, f"{type(exc).__name__}: {exc}")
+            return
         except Exception as exc:
-            delay = self.queue_config.retry_delay_seconds
-            logger.exception("job %s: unexpected error, retrying in %.0f s", job.id, delay)
-            updated = self.book.failed(
-                job.id, owner, f"{type(exc).__name__}: {exc}", retry_in=delay
-            )
-            if updated is not None and updated.state == QUEUED:
-                self.enqueue(job.id, delay)
+            logger.exception("job %s: unexpected error; retrying", job.id)
+            self._retry(job, owner, f"{type(exc).__name__}: {exc}")
             return
         done = self.book.processed(
             job.id,
@@ -215,6 +265,14 @@ class JobRunner:
             ", ".join(f"{k} {v:.1f}" for k, v in outcome.timings.items() if v),
         )
         self.on_processed()
+
+    def _retry(self, job: Job, owner: str, error: str) -> None:
+        """Count the failed attempt; queue the job again later unless attempts are used up."""
+        delay = self.queue_config.retry_delay_seconds
+        updated = self.book.failed(job.id, owner, error, retry_in=delay)
+        if updated is not None and updated.state == QUEUED:
+            logger.info("job %s: attempt %d failed, retry in %.0f s", job.id, job.attempts, delay)
+            self.enqueue(job.id, delay)
 
     def release_all(self) -> None:
         """Graceful shutdown ran out of time: give running jobs back to the queue."""

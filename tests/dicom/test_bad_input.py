@@ -200,3 +200,71 @@ def test_dicomdir_is_ignored(tmp_path: Path) -> None:
     loaded = load_series(tmp_path)
     assert loaded.skipped == ()
     np.testing.assert_array_equal(loaded.volume.voxels, written.voxels)
+
+
+def test_ct_headers_without_pixel_module_say_so(tmp_path: Path) -> None:
+    """CT instances with no Rows/Columns (a header-only export) are not an image series, and
+    the message says why rather than the puzzling 'no CT ... (found only: CT)'."""
+    written = write_series(tmp_path / "ct", _values((2, 6, 7)))
+    for path in written.paths:
+        ds = pydicom.dcmread(path)
+        for keyword in ("Rows", "Columns", "PixelData"):
+            delattr(ds, keyword)
+        ds.save_as(path)
+    with pytest.raises(DicomInputError, match="CT without image pixel data: no Rows/Columns"):
+        load_series(tmp_path)
+    with pytest.raises(DicomInputError, match=r"not a CT or MR image series .*without image"):
+        load_series(tmp_path, series_uid=written.series_uid)
+
+
+def _truncated_copy(source: Path, target: Path, before: bytes) -> None:
+    """``source`` cut just before the (explicit VR little endian) element ``before``."""
+    raw = source.read_bytes()
+    cut = raw.find(before)
+    assert cut > 132, f"{before!r} not found in {source}"
+    target.write_bytes(raw[:cut])
+
+
+def test_truncated_headers_are_listed_in_skipped(tmp_path: Path) -> None:
+    """pydicom reads a file cut short without complaint: one that stops before its
+    SeriesInstanceUID belongs to no series, one that stops before Rows is no slice. Both are
+    read and unusable, so both must be reported, not dropped silently."""
+    written = write_series(tmp_path / "ct", _values((3, 6, 7)))
+    _truncated_copy(written.paths[0], tmp_path / "cut_early", b"\x20\x00\x0e\x00UI")
+    _truncated_copy(written.paths[1], tmp_path / "cut_late", b"\x28\x00\x10\x00US")
+    early = pydicom.dcmread(tmp_path / "cut_early")
+    late = pydicom.dcmread(tmp_path / "cut_late")
+    assert "SeriesInstanceUID" not in early and early.Modality == "CT"
+    assert late.SeriesInstanceUID == written.series_uid and "Rows" not in late
+
+    loaded = load_series(tmp_path)
+    np.testing.assert_array_equal(loaded.volume.voxels, written.voxels)
+    reasons = {s.path.name: s.reason for s in loaded.skipped}
+    assert set(reasons) == {"cut_early", "cut_late"}
+    assert "no SeriesInstanceUID" in reasons["cut_early"]
+    assert "no Rows/Columns" in reasons["cut_late"]
+    # the same with the series named explicitly
+    chosen = load_series(tmp_path, series_uid=written.series_uid)
+    assert {s.path.name for s in chosen.skipped} == {"cut_early", "cut_late"}
+
+
+def test_only_a_header_cut_before_its_series_uid_is_an_error(tmp_path: Path) -> None:
+    written = write_series(tmp_path / "ct", _values((1, 6, 7)))
+    _truncated_copy(written.paths[0], tmp_path / "cut.dcm", b"\x20\x00\x0e\x00UI")
+    written.paths[0].unlink()
+    with pytest.raises(DicomInputError, match=r"no usable DICOM .*cut.dcm: .*SeriesInstanceUID"):
+        load_series(tmp_path)
+
+
+def test_other_modality_in_the_chosen_series_is_listed(tmp_path: Path) -> None:
+    """An instance that shares the series UID but is no CT/MR image is left out, with why."""
+    written = write_series(tmp_path / "ct", _values((2, 6, 7)))
+    ds = pydicom.dcmread(written.paths[0])
+    ds.Modality = "OT"
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "ct" / "other.dcm")
+    loaded = load_series(tmp_path)
+    np.testing.assert_array_equal(loaded.volume.voxels, written.voxels)
+    assert [(s.path.name, s.reason) for s in loaded.skipped] == [
+        ("other.dcm", "not a CT or MR image: modality OT")
+    ]

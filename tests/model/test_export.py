@@ -155,3 +155,15 @@ def test_medseg_checkpoint_exports_without_config_and_keeps_training_notes(tmp_p
     card = load_card_for(out)
     assert card.extra["training"]["val_dice"] == 0.5
     assert card.default_ct_window == "liver" and card.batch == 1
+
+
+def test_dynamic_int8_fallback_needs_no_calibration_and_stays_close(exported, tmp_path):
+    from medseg.model.quantize import compare_precisions, quantize_int8
+
+    out = tmp_path / "dyn.onnx"
+    assert quantize_int8(exported, out, None, method="dynamic") == "dynamic"
+    heldout = np.random.default_rng(5).standard_normal((2, 3, 352, 352)).astype(np.float32)
+    fp32, int8 = compare_precisions(exported, {"int8": out}, heldout)
+    assert fp32.mean_abs_dlogit == 0.0 and fp32.dice_vs_fp32 == 1.0
+    assert math.isfinite(int8.mean_abs_dlogit) and 0.0 < int8.mean_abs_dlogit < 1.0
+    assert int8.file_mb < fp32.file_mb

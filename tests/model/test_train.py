@@ -86,7 +86,9 @@ def test_training_smoke_run_lowers_the_loss_and_resumes(toy_data, tmp_path):
 
     resumed = train(TrainOptions(**{**vars(options), "epochs": 3, "resume": True}))
     assert [r.epoch for r in resumed.history] == [1, 2, 3]
-    assert read_checkpoint_file(last_path(options.output))["epoch"] == 2
+    state = read_checkpoint_file(last_path(options.output))
+    assert state["epoch"] == 2
+    assert state["scheduler"]["T_max"] == 3 * 4  # the cosine stretched to the new length
 
 
 @pytest.mark.slow

@@ -63,17 +63,29 @@ def test_no_frame_of_reference_fails_before_inference(tmp_path: Path, counted) -
     assert _files(out_dir) == []
 
 
-def test_missing_patient_attribute_fails_before_inference(tmp_path: Path, counted) -> None:
-    """highdicom's own verdict on the source headers is reached before inference too."""
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [("no-study-uid", "no StudyInstanceUID"), ("two-studies", "cannot build a DICOM-SEG")],
+)
+def test_unwritable_source_fails_before_inference(
+    tmp_path: Path, counted, damage: str, expected: str
+) -> None:
+    """A series that loads but cannot carry a SEG is refused before inference: a missing
+    type 1 UID (medseg's own check) or, reached only through highdicom's own verdict on the
+    source headers, instances of one series that claim different studies. (An invalid type 2
+    value such as PatientSex "U" is no reason: the SEG gets it empty.)"""
     model, engine = counted
     folder = _series(tmp_path / "ct")
-    for path in _files(folder):
+    for index, path in enumerate(_files(folder)):
         ds = pydicom.dcmread(path)
-        del ds.PatientBirthDate  # Type 2: must be present, highdicom refuses without it
+        if damage == "no-study-uid":
+            del ds.StudyInstanceUID
+        elif index == 1:
+            ds.StudyInstanceUID = pydicom.uid.generate_uid()
         ds.save_as(path)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    with pytest.raises(DicomInputError, match="PatientBirthDate"):
+    with pytest.raises(DicomInputError, match=expected):
         segment([folder], out_dir / "seg.dcm", SegmentOptions(), model=model)
     assert engine.calls == 0
     assert _files(out_dir) == []

@@ -27,30 +27,14 @@ from medseg.seg import (
 )
 from tests.dicom.series_factory import write_series
 from tests.seg.conftest import SphereCase, make_sphere_case
-from tests.seg.readback import dcmqi_mask_on_volume, highdicom_mask_on_volume
+from tests.seg.readback import (
+    assert_frames_on_their_sources,
+    dcmqi_mask_on_volume,
+    frame_positions,
+    highdicom_mask_on_volume,
+)
 
 CARD = ModelCard(name="sphere-finder", version="1.2.3")
-
-
-def _frame_positions(seg: pydicom.Dataset) -> list[tuple[str, int | None, np.ndarray]]:
-    """(referenced SOP instance, referenced frame, ImagePositionPatient) per SEG frame."""
-    out = []
-    for item in seg.PerFrameFunctionalGroupsSequence:
-        source = item.DerivationImageSequence[0].SourceImageSequence[0]
-        frame = source.get("ReferencedFrameNumber")
-        position = np.array([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
-        out.append(
-            (source.ReferencedSOPInstanceUID, None if frame is None else int(frame), position)
-        )
-    return out
-
-
-def _assert_frames_on_their_sources(seg_path: Path, case_volume) -> None:
-    seg = pydicom.dcmread(seg_path)
-    lookup = {(f.sop_instance_uid, f.frame_number): k for k, f in enumerate(case_volume.frames)}
-    for uid, frame, position in _frame_positions(seg):
-        k = lookup[(uid, frame)]
-        np.testing.assert_allclose(position, case_volume.positions[k], atol=1e-4)
 
 
 def test_sphere_reads_back_exactly_with_highdicom(
@@ -61,7 +45,7 @@ def test_sphere_reads_back_exactly_with_highdicom(
     write_seg(oblique_sphere.volume, oblique_sphere.mask[np.newaxis], CARD, path)
     back = highdicom_mask_on_volume(path, oblique_sphere.volume)
     np.testing.assert_array_equal(back.astype(bool), oblique_sphere.mask)
-    _assert_frames_on_their_sources(path, oblique_sphere.volume)
+    assert_frames_on_their_sources(path, oblique_sphere.volume)
     assert sorted(p.name for p in path.parent.iterdir()) == ["sphere.seg.dcm"]
 
 
@@ -158,10 +142,10 @@ def test_multiframe_source_dcmqi_mf(shared_dir: Path, tmp_path: Path) -> None:
     assert int(seg.NumberOfFrames) == 2
     back = highdicom_mask_on_volume(path, volume)
     np.testing.assert_array_equal(back.astype(bool), mask)
-    frames = _frame_positions(pydicom.dcmread(path))
+    frames = frame_positions(pydicom.dcmread(path))
     assert {uid for uid, _, _ in frames} == {volume.datasets[0].SOPInstanceUID}
     assert sorted(f for _, f, _ in frames) == [1, 3]
-    _assert_frames_on_their_sources(path, volume)
+    assert_frames_on_their_sources(path, volume)
     dq = dcmqi_mask_on_volume(path, volume, tmp_path / "dcmqi")
     np.testing.assert_array_equal(dq.astype(bool), mask)
 
@@ -174,7 +158,7 @@ def test_multiframe_source_with_frames_out_of_geometric_order(tmp_path: Path) ->
     write_seg(case.volume, case.mask[None], CARD, path)
     back = highdicom_mask_on_volume(path, case.volume)
     np.testing.assert_array_equal(back.astype(bool), case.mask)
-    _assert_frames_on_their_sources(path, case.volume)
+    assert_frames_on_their_sources(path, case.volume)
 
 
 def test_fractional_probabilities_round_trip(oblique_sphere: SphereCase, tmp_path: Path) -> None:
@@ -196,7 +180,7 @@ def test_all_empty_mask_still_gives_a_valid_seg(oblique_sphere: SphereCase, tmp_
     assert int(seg.NumberOfFrames) == oblique_sphere.volume.shape[0]
     back = highdicom_mask_on_volume(path, oblique_sphere.volume)
     assert back.shape == oblique_sphere.volume.shape and not back.any()
-    _assert_frames_on_their_sources(path, oblique_sphere.volume)
+    assert_frames_on_their_sources(path, oblique_sphere.volume)
 
 
 def test_bad_arguments_are_user_errors(oblique_sphere: SphereCase, tmp_path: Path) -> None:
@@ -254,7 +238,7 @@ def test_real_ct_with_empty_character_set_round_trips(shared_dir: Path, tmp_path
         write_seg(volume, mask[None], CARD, path)
     back = highdicom_mask_on_volume(path, volume)
     np.testing.assert_array_equal(back.astype(bool), mask)
-    _assert_frames_on_their_sources(path, volume)
+    assert_frames_on_their_sources(path, volume)
 
 
 def test_source_without_frame_of_reference_is_an_input_error(tmp_path: Path) -> None:

@@ -62,7 +62,12 @@ class Processes:
         self.running: list[subprocess.Popen] = []
 
     def start(
-        self, args: list[str], name: str, env: dict[str, str] | None = None, **kw: object
+        self,
+        args: list[str],
+        name: str,
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO_ROOT,
+        **kw: object,
     ) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
@@ -70,7 +75,7 @@ class Processes:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env or os.environ.copy(),
-            cwd=REPO_ROOT,
+            cwd=cwd,
             start_new_session=True,
             **kw,  # type: ignore[arg-type]
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,15 +23,23 @@ def test_demo_prints_the_seg_that_came_back(
     peer = {"ae_title": "MEDSEG-DEMO", "addresses": ["127.0.0.1"], "return_port": back}
     path, config = server_config(peers=[peer])
     serve(procs, path, config)
-    out = tmp_path / "back.seg.dcm"
-    args = [sys.executable, "-m", "medseg", "demo", "--port", str(config.listener.port)]
-    args += ["--receive-port", str(back), "--timeout", "120", "-o", str(out)]
-    result = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, timeout=180)
-    assert result.returncode == 0, result.stderr
-    assert "received   SEG" in result.stdout
-    seg = hd.seg.segread(out)
-    assert seg.SOPInstanceUID in result.stdout
-    assert seg.Modality == "SEG"
+    series_uids = []
+    for run in range(2):  # a second demo is a new study, not a re-send of the first
+        out = tmp_path / f"back{run}.seg.dcm"
+        args = [sys.executable, "-m", "medseg", "demo", "--port", str(config.listener.port)]
+        args += ["--receive-port", str(back), "--timeout", "120", "-o", str(out)]
+        result = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, timeout=180)
+        assert result.returncode == 0, result.stderr
+        assert "received   SEG" in result.stdout
+        seg = hd.seg.segread(out)
+        assert seg.SOPInstanceUID in result.stdout
+        assert seg.Modality == "SEG"
+        sent = re.search(r"instances of series ([0-9.]+)", result.stdout)
+        assert sent is not None, result.stdout
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == sent.group(1)
+        series_uids.append((seg.StudyInstanceUID, sent.group(1)))
+    assert series_uids[0][0] != series_uids[1][0], "same study UID sent twice"
+    assert series_uids[0][1] != series_uids[1][1], "same series UID sent twice"
 
 
 def test_demo_without_listener_fails_in_one_line(tmp_path: Path) -> None:
