@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from medseg.durable import write_text
 from medseg.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -115,10 +116,7 @@ class ModelCard:
         return cls.from_dict(data)
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
+        write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def _segment_from_dict(data: dict[str, Any]) -> SegmentSpec:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.dicom.volume import Volume
+from medseg.durable import write_with
 from medseg.errors import OutputError
 from medseg.preprocess import IntensityWindow
 
@@ -43,7 +44,7 @@ def write_preview(
     max_panels: int = 16,
     panel_inches: float = 3.0,
 ) -> Path:
-    """Write the montage PNG at ``path`` atomically (temporary file, then rename)."""
+    """Write the montage PNG at ``path`` atomically (temporary file, fsync, then rename)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -66,12 +67,9 @@ def write_preview(
             axes.set_title(f"slice {k}: empty mask", fontsize=9)
         axes.set_axis_off()
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.{np.random.default_rng().integers(1 << 32):08x}.tmp")
     try:
-        figure.savefig(tmp, format="png")
-        tmp.replace(path)
+        write_with(path, lambda handle: figure.savefig(handle, format="png"))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write preview {path}: {exc.strerror or exc}") from exc
     log.info("preview of %d slice(s) written to %s", len(picks), path)
     return path

@@ -12,7 +12,6 @@ import copy
 import logging
 import os
 import platform
-import tempfile
 import warnings
 from pathlib import Path
 from typing import NoReturn
@@ -23,6 +22,7 @@ import pydicom
 
 from medseg import __version__
 from medseg.dicom.volume import Volume
+from medseg.durable import write_with
 from medseg.errors import ConfigError, DicomInputError, OutputError
 from medseg.modelcard import Code, ModelCard
 
@@ -415,40 +415,14 @@ def save_atomically(dataset: pydicom.Dataset, path: Path) -> None:
     one; on failure the temp file is removed and an ``OutputError`` says why.
     """
     path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+        write_with(
+            path,
+            lambda handle: dataset.save_as(handle, enforce_file_format=True),
+            dir_fsync_required=False,  # not every filesystem allows syncing the folder
+        )
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            dataset.save_as(handle, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(folder)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (not every filesystem allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError as exc:
-        log.debug("cannot open %s to fsync the rename: %s", folder, exc)
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        log.debug("fsync of folder %s failed: %s", folder, exc)
-    finally:
-        os.close(fd)
 
 
 def write_seg(

@@ -16,6 +16,41 @@ from onnx import TensorProto, helper
 from medseg.modelcard import IMAGENET_MEAN, IMAGENET_STD, ModelCard
 
 
+def bright_layers(
+    channel_axis: int, gain: float = 40.0, level: float = 0.5
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes and initialisers for ``logits = gain * (intensity - level)`` on channel 0.
+
+    ``image`` is sliced to channel 0 along ``channel_axis`` (1 for NCHW, 3 for NHWC).
+    """
+    mean, std = IMAGENET_MEAN[0], IMAGENET_STD[0]
+    # logit = gain * (x * std + mean - level) = (gain * std) * x + gain * (mean - level)
+    scale = np.array(gain * std, dtype=np.float32)
+    shift = np.array(gain * (mean - level), dtype=np.float32)
+    nodes = [
+        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["ch0"]),
+        helper.make_node("Mul", ["ch0", "scale"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "shift"], ["logits"]),
+    ]
+    inits = [
+        helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("ends", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [channel_axis]),
+        helper.make_tensor("scale", TensorProto.FLOAT, [], [float(scale)]),
+        helper.make_tensor("shift", TensorProto.FLOAT, [], [float(shift)]),
+    ]
+    return nodes, inits
+
+
+def save_checked(graph: onnx.GraphProto, path: Path) -> None:
+    """Wrap ``graph`` in an opset-17 / IR-8 model, check it and save it at ``path``."""
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+
+
 def make_bright_model(
     path: Path,
     level: float = 0.5,
@@ -31,22 +66,7 @@ def make_bright_model(
     """
     batch: int | str = static_batch if static_batch else "N"
     height, width = size
-    mean, std = IMAGENET_MEAN[0], IMAGENET_STD[0]
-    # logit = gain * (x * std + mean - level) = (gain * std) * x + gain * (mean - level)
-    scale = np.array(gain * std, dtype=np.float32)
-    shift = np.array(gain * (mean - level), dtype=np.float32)
-    nodes = [
-        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["ch0"]),
-        helper.make_node("Mul", ["ch0", "scale"], ["scaled"]),
-        helper.make_node("Add", ["scaled", "shift"], ["logits"]),
-    ]
-    inits = [
-        helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("ends", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("scale", TensorProto.FLOAT, [], [float(scale)]),
-        helper.make_tensor("shift", TensorProto.FLOAT, [], [float(shift)]),
-    ]
+    nodes, inits = bright_layers(channel_axis=1, gain=gain, level=level)
     graph = helper.make_graph(
         nodes,
         "bright",
@@ -54,12 +74,8 @@ def make_bright_model(
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 1, height, width])],
         initializer=inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
+    save_checked(graph, path)
     fields = {"name": "test-bright", "version": "0.0.1", "input_size": size}
     if static_batch:
         fields["batch"] = static_batch

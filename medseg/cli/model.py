@@ -146,7 +146,7 @@ def run_export(args: argparse.Namespace) -> int:
         **source,
         "exported_by": f"medseg {__version__}",
         "command": "medseg " + shlex.join(sys.argv[1:])
-        if sys.argv[1:3] == ["model", "export"]
+        if "export" in sys.argv[1:5]
         else None,
     }
     notes = _notes(args.note)

@@ -71,7 +71,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--init checkpoint not found: {init}")
     if not args.data.is_dir():
         raise ConfigError(f"--data folder not found: {args.data}")
-    command = "medseg " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
+    command = "medseg " + shlex.join(sys.argv[1:]) if "train" in sys.argv[1:4] else None
     options = TrainOptions(
         data=args.data,
         output=args.output,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.durable import write_with
 from medseg.errors import OutputError
 
 PLOT_METRICS = ("dice", "iou", "nsd", "hd", "hd95", "assd", "rvd", "lesion_f1")
@@ -60,12 +61,9 @@ def plot_metrics(
     figure.suptitle(f"{len({r['case'] for r in rows})} cases, one dot per case", fontsize=10)
     figure.tight_layout()
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    try:
-        figure.savefig(tmp, dpi=100)
-        tmp.replace(path)
+    try:  # always PNG, whatever the suffix of ``path``
+        write_with(path, lambda handle: figure.savefig(handle, dpi=100, format="png"))
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         plt.close(figure)

@@ -14,6 +14,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from medseg.durable import write_text
 from medseg.errors import OutputError
 from medseg.metrics.cohort import MetricSummary
 from medseg.metrics.evaluate import SCALAR_METRICS
@@ -40,14 +41,11 @@ def _json_value(value: object) -> object:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` via a temporary file in the same folder, then rename."""
+    """Write ``text`` via a temporary file in the same folder, fsync, then rename."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(text)
-        tmp.replace(path)
+        write_text(path, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 

@@ -94,18 +94,25 @@ def last_path(output: Path) -> Path:
 
 
 def dice_on_sets(model: SAM2UNet, sets: list[SliceSet], card: ModelCard, batch: int = 8) -> float:
-    """Pooled Dice of (logit > 0) against (mask >= 0.5) over every slice of ``sets``."""
+    """Mean over series of the Dice of (logit > 0) against (mask >= 0.5) on all its slices.
+
+    Per series (1.0 when both are empty), like the evaluation of a segmented series: a
+    pooled Dice would let one large lesion hide a missed small one or a false alarm on a
+    lesion-free series.
+    """
     model.eval()
-    inter = total = 0
+    scores = []
     with torch.inference_mode():
         for s in sets:
+            inter = total = 0
             for start in range(0, len(s.images), batch):
                 x = torch.from_numpy(to_model_input(s.images[start : start + batch], card))
                 pred = model(x)[0][:, 0].numpy() > 0.0
                 truth = s.masks[start : start + batch] >= 0.5
                 inter += int(np.logical_and(pred, truth).sum())
                 total += int(pred.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * inter / total
+            scores.append(1.0 if total == 0 else 2.0 * inter / total)
+    return float(np.mean(scores)) if scores else 1.0
 
 
 def _flip_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> None:

@@ -21,9 +21,9 @@ import pydicom
 from pynetdicom import AE, Association, evt
 from pynetdicom.sop_class import CTImageStorage, SegmentationStorage
 
+from medseg.durable import write_bytes
 from medseg.errors import MedsegError, OutputError
 from medseg.server.listener import TRANSFER_SYNTAXES
-from medseg.server.spool import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         server.shutdown()
     if options.output is not None:
         try:
-            write_atomic(Path(options.output), encoded)
+            write_bytes(Path(options.output), encoded)
         except OSError as exc:
             raise OutputError(f"cannot save the SEG to {options.output}: {exc}") from exc
     refs = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence

@@ -15,12 +15,11 @@ identical bytes: duplicates are idempotent.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from medseg.durable import write_bytes
 from medseg.errors import OutputError
 from medseg.server.uids import checked_uid
 
@@ -29,32 +28,6 @@ logger = logging.getLogger(__name__)
 
 class SpoolFullError(OutputError):
     """The spool cannot take the instance (disk full, below the free-space reserve, I/O error)."""
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (POSIX needs the directory itself synced)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder; nothing partial remains."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if fsync:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if fsync:
-        fsync_dir(path.parent)
 
 
 class Spool:
@@ -108,7 +81,7 @@ class Spool:
             )
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            write_atomic(folder / name, encoded, fsync=self.fsync)
+            write_bytes(folder / name, encoded, fsync=self.fsync)
         except OSError as exc:
             raise SpoolFullError(f"cannot write to spool {self.root}: {exc.strerror}") from exc
         return folder / name

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medseg.durable import write_with
 from medseg.errors import ConfigError, DicomInputError, ModelError, OutputError, PromptError
 from medseg.server.config import ModelConfig, QueueConfig
 from medseg.server.jobs import QUEUED, Job, JobBook
-from medseg.server.spool import Spool, fsync_dir
+from medseg.server.spool import Spool
 
 if TYPE_CHECKING:  # pragma: no cover
     from medseg.pipeline import LoadedModel, SegmentOptions
@@ -282,10 +283,8 @@ class JobRunner:
 
 
 def _copy_out(seg: Path, folder: Path, job: Job) -> None:
-    """Put a copy of the SEG into a rule's output folder (temp file + rename)."""
+    """Put a copy of the SEG into a rule's output folder (temp file + fsync + rename)."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{job.series_uid}_{job.id[-12:]}.seg.dcm"
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(seg, tmp)
-    os.replace(tmp, target)
-    fsync_dir(folder)
+    with open(seg, "rb") as source:
+        write_with(target, lambda handle: shutil.copyfileobj(source, handle))

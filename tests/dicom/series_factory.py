@@ -276,6 +276,17 @@ def write_series(
     )
 
 
+def edit_file(path: Path, **changes: object) -> None:
+    """Set (or, for ``None``, delete) header attributes of the DICOM file at ``path``."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path)
+
+
 def _frame_positions(ds: Dataset) -> list[np.ndarray]:
     if "PerFrameFunctionalGroupsSequence" in ds:
         return [

@@ -12,21 +12,11 @@ import pytest
 
 from medseg.dicom import load_series
 from medseg.errors import DicomInputError, MedsegError
-from tests.dicom.series_factory import write_series
+from tests.dicom.series_factory import edit_file, write_series
 
 
 def _values(shape: tuple[int, int, int]) -> np.ndarray:
     return np.random.default_rng(3).integers(-500, 500, size=shape).astype(np.float64)
-
-
-def _edit(path: Path, **changes: object) -> None:
-    ds = pydicom.dcmread(path)
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    ds.save_as(path)
 
 
 def test_missing_input_path(tmp_path: Path) -> None:
@@ -104,7 +94,7 @@ def test_series_uid_of_a_non_image_series(shared_dir: Path) -> None:
 
 def test_mixed_orientations(tmp_path: Path) -> None:
     written = write_series(tmp_path, _values((3, 4, 4)))
-    _edit(written.paths[1], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    edit_file(written.paths[1], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
     with pytest.raises(DicomInputError, match="mixed orientations"):
         load_series(tmp_path)
 
@@ -112,7 +102,7 @@ def test_mixed_orientations(tmp_path: Path) -> None:
 def test_duplicate_positions(tmp_path: Path) -> None:
     written = write_series(tmp_path, _values((3, 4, 4)))
     first = pydicom.dcmread(written.paths[0])
-    _edit(written.paths[2], ImagePositionPatient=list(first.ImagePositionPatient))
+    edit_file(written.paths[2], ImagePositionPatient=list(first.ImagePositionPatient))
     with pytest.raises(DicomInputError, match="duplicate slice position"):
         load_series(tmp_path)
 
@@ -131,28 +121,28 @@ def test_inconsistent_matrix(tmp_path: Path) -> None:
     )
     write_series(tmp_path, _values((2, 4, 4)), **uids)
     other = write_series(tmp_path / "x", _values((1, 4, 5)), **uids)
-    _edit(other.paths[0], ImagePositionPatient=[-120.0, -100.0, 45.0])
+    edit_file(other.paths[0], ImagePositionPatient=[-120.0, -100.0, 45.0])
     with pytest.raises(DicomInputError, match=r"inconsistent image size.*4x4.*4x5"):
         load_series(tmp_path)
 
 
 def test_inconsistent_frame_of_reference(tmp_path: Path) -> None:
     written = write_series(tmp_path, _values((3, 4, 4)))
-    _edit(written.paths[1], FrameOfReferenceUID="1.2.826.0.1.3680043.9.3")
+    edit_file(written.paths[1], FrameOfReferenceUID="1.2.826.0.1.3680043.9.3")
     with pytest.raises(DicomInputError, match="inconsistent FrameOfReferenceUID"):
         load_series(tmp_path)
 
 
 def test_inconsistent_pixel_spacing(tmp_path: Path) -> None:
     written = write_series(tmp_path, _values((3, 4, 4)))
-    _edit(written.paths[1], PixelSpacing=[0.9, 0.7])
+    edit_file(written.paths[1], PixelSpacing=[0.9, 0.7])
     with pytest.raises(DicomInputError, match="inconsistent pixel spacing"):
         load_series(tmp_path)
 
 
 def test_missing_pixel_data(tmp_path: Path) -> None:
     written = write_series(tmp_path, _values((3, 4, 4)))
-    _edit(written.paths[1], PixelData=None)
+    edit_file(written.paths[1], PixelData=None)
     with pytest.raises(DicomInputError, match="no pixel data"):
         load_series(tmp_path)
 
@@ -168,14 +158,14 @@ def test_gantry_tilt_is_refused(tmp_path: Path) -> None:
     written = write_series(tmp_path, _values((3, 4, 4)))
     ds = pydicom.dcmread(written.paths[2])
     x, y, z = (float(v) for v in ds.ImagePositionPatient)
-    _edit(written.paths[2], ImagePositionPatient=[x, y + 3.0, z])
+    edit_file(written.paths[2], ImagePositionPatient=[x, y + 3.0, z])
     with pytest.raises(DicomInputError, match="sideways"):
         load_series(tmp_path)
 
 
 def test_missing_image_position(tmp_path: Path) -> None:
     written = write_series(tmp_path, _values((2, 4, 4)))
-    _edit(written.paths[0], ImagePositionPatient=None)
+    edit_file(written.paths[0], ImagePositionPatient=None)
     with pytest.raises(DicomInputError, match="no ImagePositionPatient"):
         load_series(tmp_path)
 

@@ -62,8 +62,11 @@ def write_seg(
     labels: Sequence[str],
     *,
     omit_empty_frames: bool = True,
+    segmentation_type: str = "BINARY",
+    series_number: int = 100,
 ) -> hd.seg.Segmentation:
-    """Write a BINARY highdicom SEG; ``masks`` is (slices, rows, cols, segments) bool."""
+    """Write a highdicom SEG; ``masks`` is (slices, rows, cols, segments) bool for BINARY,
+    or (slices, rows, cols) segment numbers for LABELMAP."""
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=n + 1,
@@ -77,10 +80,10 @@ def write_seg(
     seg = hd.seg.Segmentation(
         source_images=list(sources),
         pixel_array=masks.astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=hd.seg.SegmentationTypeValues[segmentation_type],
         segment_descriptions=descriptions,
         series_instance_uid=generate_uid(),
-        series_number=100,
+        series_number=series_number,
         sop_instance_uid=generate_uid(),
         instance_number=1,
         manufacturer="medseg-tests",

@@ -217,36 +217,11 @@ def test_place_on_grid_reindexes_permuted_axes_exactly() -> None:
 
 
 def test_labelmap_seg_reads_one_mask_per_segment(ct: list[pydicom.Dataset], tmp_path: Path) -> None:
-    import highdicom as hd
-    from pydicom.uid import generate_uid
-
     labels = np.zeros(SHAPE, dtype=np.uint8)
     labels[2:4, 3:6, 3:6] = 1
     labels[8, 10:12, 10:12] = 2
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=label,
-            segmented_property_category=hd.sr.CodedConcept("49755003", "SCT", "Morph"),
-            segmented_property_type=hd.sr.CodedConcept("52988006", "SCT", "Lesion"),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
-        )
-        for number, label in ((1, "Tumour"), (2, "Node"))
-    ]
-    hd.seg.Segmentation(
-        source_images=ct,
-        pixel_array=labels,
-        segmentation_type=hd.seg.SegmentationTypeValues.LABELMAP,
-        segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(),
-        series_number=5,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer="medseg-tests",
-        manufacturer_model_name="tests",
-        software_versions="0",
-        device_serial_number="0",
-    ).save_as(tmp_path / "labelmap.dcm")
+    path = tmp_path / "labelmap.dcm"
+    write_seg(path, ct, labels, ["Tumour", "Node"], segmentation_type="LABELMAP", series_number=5)
     volume = volume_from_datasets(ct)
     for number, label in ((1, "Tumour"), (2, "node")):
         mask = mask_on_volume(tmp_path / "labelmap.dcm", volume, label)

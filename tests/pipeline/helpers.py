@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper
 from pydicom.uid import CTImageStorage, generate_uid
 
 from medseg.dicom.volume import SourceFrame, Volume
 from medseg.modelcard import IMAGENET_MEAN, IMAGENET_STD, ModelCard
+from tests.tiny_models import bright_layers, save_checked
 
 
 def make_volume(
@@ -57,20 +57,7 @@ def balls(
 def make_nhwc_model(path: Path, size: tuple[int, int] = (32, 32), gain: float = 40.0) -> ModelCard:
     """Like tiny_models.make_bright_model but NHWC in ([N,H,W,3]) and out ([N,H,W,1])."""
     height, width = size
-    scale = gain * IMAGENET_STD[0]
-    shift = gain * (IMAGENET_MEAN[0] - 0.5)
-    nodes = [
-        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["ch0"]),
-        helper.make_node("Mul", ["ch0", "scale"], ["scaled"]),
-        helper.make_node("Add", ["scaled", "shift"], ["logits"]),
-    ]
-    inits = [
-        helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("ends", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("axes", TensorProto.INT64, [1], [3]),
-        helper.make_tensor("scale", TensorProto.FLOAT, [], [scale]),
-        helper.make_tensor("shift", TensorProto.FLOAT, [], [shift]),
-    ]
+    nodes, inits = bright_layers(channel_axis=3, gain=gain, level=0.5)
     graph = helper.make_graph(
         nodes,
         "bright_nhwc",
@@ -78,11 +65,7 @@ def make_nhwc_model(path: Path, size: tuple[int, int] = (32, 32), gain: float = 
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", height, width, 1])],
         initializer=inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, path)
+    save_checked(graph, path)
     card = ModelCard.from_dict({"name": "test-nhwc", "input_size": size, "layout": "NHWC"})
     card.save(path.with_suffix(".json"))
     return card

@@ -13,7 +13,7 @@ import pytest
 from medseg.cli import main
 from medseg.cli.segment import skipped_report
 from medseg.dicom.files import SkippedFile
-from tests.dicom.series_factory import write_series
+from tests.dicom.series_factory import edit_file, write_series
 
 SHAPE = (4, 16, 16)
 VOXEL_ML = 2.5 * 0.8 * 0.7 / 1000  # series_factory's default spacing
@@ -23,16 +23,6 @@ def _values(block: tuple[slice, slice, slice] = np.s_[1:3, 4:10, 4:14]) -> np.nd
     values = np.zeros(SHAPE)
     values[block] = 200.0
     return values
-
-
-def _edit(path: Path, **changes: object) -> None:
-    ds = pydicom.dcmread(path)
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    ds.save_as(path)
 
 
 def _argv(inputs: Path, out: Path, model: Path, *extra: str) -> list[str]:
@@ -71,7 +61,7 @@ def test_only_a_segmentation_object_is_no_image_series(
 
 def test_mixed_orientations(tmp_path: Path, out_dir: Path, bright_model: Path, capsys) -> None:
     written = write_series(tmp_path / "ct", _values())
-    _edit(written.paths[1], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
+    edit_file(written.paths[1], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])
     argv = _argv(tmp_path / "ct", out_dir / "seg.dcm", bright_model)
     _fails(capsys, argv, out_dir, 2, "mixed orientations")
 
@@ -79,14 +69,14 @@ def test_mixed_orientations(tmp_path: Path, out_dir: Path, bright_model: Path, c
 def test_duplicate_positions(tmp_path: Path, out_dir: Path, bright_model: Path, capsys) -> None:
     written = write_series(tmp_path / "ct", _values())
     first = pydicom.dcmread(written.paths[0])
-    _edit(written.paths[2], ImagePositionPatient=list(first.ImagePositionPatient))
+    edit_file(written.paths[2], ImagePositionPatient=list(first.ImagePositionPatient))
     argv = _argv(tmp_path / "ct", out_dir / "seg.dcm", bright_model)
     _fails(capsys, argv, out_dir, 2, "duplicate slice position")
 
 
 def test_missing_pixel_data(tmp_path: Path, out_dir: Path, bright_model: Path, capsys) -> None:
     written = write_series(tmp_path / "ct", _values())
-    _edit(written.paths[1], PixelData=None)
+    edit_file(written.paths[1], PixelData=None)
     argv = _argv(tmp_path / "ct", out_dir / "seg.dcm", bright_model)
     _fails(capsys, argv, out_dir, 2, "no pixel data")
 
@@ -130,7 +120,7 @@ def _series_with_junk(root: Path) -> dict[str, str]:
         col_dir=(0.0, 0.0, -1.0),
     )
     scout_path = scout.paths[0].rename(root / "scout" / "SCOUT1")
-    _edit(scout_path, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
+    edit_file(scout_path, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
     ds = pydicom.dcmread(written.paths[-1])  # the last slice along the normal
     ds.PixelData = ds.PixelData[:100]
     ds.save_as(written.paths[-1])

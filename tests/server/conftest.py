@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from medseg.server.config import ServerConfig, load_config
+from medseg.server.service import Service
 from tests.server.peers import (
     DCMTK_ENV,
     STORESCP,
@@ -18,6 +19,22 @@ from tests.server.peers import (
     wait_until,
     write_config,
 )
+
+
+@pytest.fixture
+def running() -> Iterator[Callable[..., Service]]:
+    """Start in-process services; every one started is stopped at teardown."""
+    services: list[Service] = []
+
+    def start(config: ServerConfig, **kw: object) -> Service:
+        service = Service(config, **kw)
+        services.append(service)
+        service.start()
+        return service
+
+    yield start
+    for service in services:
+        service.stop()
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 from medseg.errors import ConfigError, EngineUnavailableError
-from medseg.server.config import ModelConfig, ServerConfig, load_config
+from medseg.server.config import ModelConfig, load_config
 from medseg.server.jobs import Job
 from medseg.server.service import Service
 from medseg.server.worker import PipelineSegmenter
@@ -33,21 +33,6 @@ from tests.server.peers import (
 )
 from tests.server.test_serve import status
 from tests.tiny_models import make_bright_model
-
-
-@pytest.fixture
-def running() -> Iterator[Callable[..., Service]]:
-    services: list[Service] = []
-
-    def start(config: ServerConfig, **kw: object) -> Service:
-        service = Service(config, **kw)
-        services.append(service)
-        service.start()
-        return service
-
-    yield start
-    for service in services:
-        service.stop()
 
 
 def corrupt_model(folder: Path) -> Path:

@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import highdicom as hd
 import pytest
 
-from medseg.server.config import ServerConfig
 from medseg.server.jobstore import SqliteJobStore
-from medseg.server.service import Service
 from tests.server.peers import Processes, log_text, make_slow_model, storescu, wait_until, write_ct
 from tests.server.test_serve import serve, status
-
-
-@pytest.fixture
-def running() -> Iterator[Callable[..., Service]]:
-    services: list[Service] = []
-
-    def start(config: ServerConfig, **kw: object) -> Service:
-        service = Service(config, **kw)
-        services.append(service)
-        service.start()
-        return service
-
-    yield start
-    for service in services:
-        service.stop()
 
 
 def test_unmatched_series_is_kept_and_not_processed(
