@@ -145,9 +145,7 @@ def run_export(args: argparse.Namespace) -> int:
     provenance: dict[str, Any] = {
         **source,
         "exported_by": f"medseg {__version__}",
-        "command": "medseg " + shlex.join(sys.argv[1:])
-        if "export" in sys.argv[1:5]
-        else None,
+        "command": "medseg " + shlex.join(sys.argv[1:]) if "export" in sys.argv[1:5] else None,
     }
     notes = _notes(args.note)
     if training or notes:

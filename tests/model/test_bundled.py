@@ -18,7 +18,7 @@ def test_bundled_model_is_the_default_and_its_card_describes_it():
     assert card.extra["sha256"] == sha256_of(path)
     assert "not for clinical use" in card.intended_use
     training = card.extra["training"]
-    assert training["command"].startswith("medseg train")
+    assert "medseg train" in training["command"]
     assert 0.0 < training["val_dice"] <= 1.0
     assert "medseg phantom" in card.extra["notes"]["trained_on"]
 

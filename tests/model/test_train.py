@@ -88,7 +88,7 @@ def test_training_smoke_run_lowers_the_loss_and_resumes(toy_data, tmp_path):
     assert [r.epoch for r in resumed.history] == [1, 2, 3]
     state = read_checkpoint_file(last_path(options.output))
     assert state["epoch"] == 2
-    assert state["scheduler"]["T_max"] == 3 * 4  # the cosine stretched to the new length
+    assert state["scheduler"]["T_max"] == 3 * options.steps_per_epoch  # stretched cosine
 
 
 @pytest.mark.slow
