@@ -177,7 +177,8 @@ def main() -> None:
     shape = tuple(int(v) for v in args.shape.split(","))
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, args.extra_path) if p)
+    paths = (root, args.extra_path, env.get("PYTHONPATH"))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     wanted = set(args.only.split(",")) if args.only else None
     with tempfile.TemporaryDirectory() as tmp:
         pred, truth = make_pair(shape)

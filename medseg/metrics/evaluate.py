@@ -31,6 +31,7 @@ SCALAR_METRICS = (
     "lesion_fn",
     "lesion_f1",
     "lesion_dice_mean",
+    "lesion_nsd_mean",
 )
 
 
@@ -76,6 +77,10 @@ def evaluate(
     result: dict[str, object] = {}
     result.update(overlap_metrics(pred, truth, voxel_ml))
     result.update(surface_metrics(pred, truth, spacing, tolerance_mm, distance_method))
-    result.update(lesion_metrics(pred, truth, voxel_ml, connectivity))
+    result.update(
+        lesion_metrics(
+            pred, truth, voxel_ml, connectivity, spacing=spacing, tolerance_mm=tolerance_mm
+        )
+    )
     result["tolerance_mm"] = float(tolerance_mm)
     return result

@@ -1,7 +1,11 @@
 """Which prediction file belongs to which truth file, and which segment to which segment.
 
 Cases pair by the series a DICOM-SEG references (ReferencedSeriesSequence) when both sides
-are SEGs of one series, otherwise by file stem (``case01.nii.gz`` <-> ``case01.dcm``).
+are SEGs of one series; then by the source image instances they reference (the SOP Instance
+UIDs in ReferencedSeriesSequence/ReferencedInstanceSequence, SourceImageSequence and each
+frame's DerivationImageSequence/SourceImageSequence), so SEGs lacking
+ReferencedSeriesSequence still pair when they were derived from the same images; otherwise
+by file stem (``case01.nii.gz`` <-> ``case01.dcm``).
 Segments pair by label (case-insensitive) when the prediction has the truth's label, else
 by segment number, unless a segment map says otherwise.
 """
@@ -12,6 +16,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medseg.errors import ConfigError
 from medseg.maskio import (
@@ -24,6 +29,11 @@ from medseg.maskio import (
     mask_stem,
 )
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from pydicom import Dataset
+
 log = logging.getLogger(__name__)
 
 
@@ -34,6 +44,7 @@ class MaskRef:
     path: Path
     stem: str
     series_uid: str | None = None
+    instance_uids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -52,32 +63,63 @@ class Pairing:
     unpaired_truth: tuple[Path, ...]
 
 
-def _seg_series(path: Path) -> tuple[bool, str | None]:
-    """(is a DICOM-SEG, the series it references) from the header only."""
+@dataclass(frozen=True)
+class SegReferences:
+    """What a DICOM-SEG header says it was derived from."""
+
+    series_uid: str | None
+    instance_uids: frozenset[str]
+
+
+def _sop_uids(items: Iterable[Dataset] | None) -> set[str]:
+    return {
+        str(item.ReferencedSOPInstanceUID)
+        for item in items or ()
+        if "ReferencedSOPInstanceUID" in item
+    }
+
+
+def _referenced_instances(header: Dataset) -> frozenset[str]:
+    """SOP Instance UIDs of the source images, from every place a SEG may list them."""
+    uids: set[str] = set()
+    for series in header.get("ReferencedSeriesSequence") or ():
+        uids |= _sop_uids(series.get("ReferencedInstanceSequence"))
+    uids |= _sop_uids(header.get("SourceImageSequence"))
+    groups = [*(header.get("SharedFunctionalGroupsSequence") or ())]
+    groups += [*(header.get("PerFrameFunctionalGroupsSequence") or ())]
+    for group in groups:
+        for derivation in group.get("DerivationImageSequence") or ():
+            uids |= _sop_uids(derivation.get("SourceImageSequence"))
+    return frozenset(uids)
+
+
+def _seg_references(path: Path) -> SegReferences | None:
+    """The references of a DICOM-SEG, read from its header; None when not a SEG."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        header = pydicom.dcmread(
-            path, stop_before_pixels=True, specific_tags=["SOPClassUID", "ReferencedSeriesSequence"]
-        )
+        header = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, ValueError, EOFError):
-        return False, None
+        return None
     if str(header.get("SOPClassUID", "")) not in (
         SEGMENTATION_STORAGE,
         LABEL_MAP_SEGMENTATION_STORAGE,
     ):
-        return False, None
+        return None
     referenced = header.get("ReferencedSeriesSequence")
-    return True, (str(referenced[0].SeriesInstanceUID) if referenced else None)
+    series = str(referenced[0].SeriesInstanceUID) if referenced else None
+    return SegReferences(series, _referenced_instances(header))
 
 
 def find_masks(path: Path) -> list[MaskRef]:
     """A mask file, or every NIfTI/NRRD/DICOM-SEG file under a folder (recursive)."""
     path = Path(path)
     if path.is_file():
-        _, series = (False, None) if is_itk_file(path) else _seg_series(path)
-        return [MaskRef(path, mask_stem(path), series)]
+        refs = None if is_itk_file(path) else _seg_references(path)
+        if refs is None:
+            return [MaskRef(path, mask_stem(path))]
+        return [MaskRef(path, mask_stem(path), refs.series_uid, refs.instance_uids)]
     if not path.is_dir():
         raise MaskInputError(f"not found: {path}")
     found = []
@@ -87,9 +129,9 @@ def find_masks(path: Path) -> list[MaskRef]:
         if is_itk_file(file):
             found.append(MaskRef(file, mask_stem(file)))
             continue
-        is_seg, series = _seg_series(file)
-        if is_seg:
-            found.append(MaskRef(file, mask_stem(file), series))
+        refs = _seg_references(file)
+        if refs is not None:
+            found.append(MaskRef(file, mask_stem(file), refs.series_uid, refs.instance_uids))
         else:
             log.debug("skipping %s: not a mask file", file)
     if not found:
@@ -98,7 +140,7 @@ def find_masks(path: Path) -> list[MaskRef]:
 
 
 def pair_cases(preds: list[MaskRef], truths: list[MaskRef]) -> Pairing:
-    """Pair by referenced series first, then by unique stem; report what stays unpaired."""
+    """Pair by referenced series, then by shared source instances, then by unique stem."""
     if len(preds) == 1 and len(truths) == 1:
         pair = CasePair(truths[0].stem, preds[0].path, truths[0].path)
         return Pairing((pair,), (), ())
@@ -119,6 +161,17 @@ def pair_cases(preds: list[MaskRef], truths: list[MaskRef]) -> Pairing:
             free_preds.remove(matches[0])
         else:
             free_truths.append(truth)
+    for truth in list(free_truths):
+        if not truth.instance_uids:
+            continue
+        matches = [ref for ref in free_preds if ref.instance_uids & truth.instance_uids]
+        if len(matches) > 1:
+            names = ", ".join(m.path.name for m in matches)
+            raise MaskInputError(f"several predictions reference one source image: {names}")
+        if matches:
+            pairs.append(CasePair(truth.stem, matches[0].path, truth.path))
+            free_preds.remove(matches[0])
+            free_truths.remove(truth)
     pred_stems = Counter(ref.stem for ref in free_preds)
     truth_stems = Counter(ref.stem for ref in free_truths)
     for truth in list(free_truths):

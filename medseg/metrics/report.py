@@ -125,8 +125,9 @@ DEFINITIONS = {
     "assd": "mean of the pooled directed surface distances of both surfaces",
     "nsd": "share of both surfaces within tolerance_mm of the other surface",
     "rvd": "(V_pred - V_truth) / V_truth",
-    "lesions": "3-D connected components; a truth lesion is detected when any predicted "
-    "component overlaps it by >= 1 voxel; F1 = 2TP / (2TP + FP + FN)",
+    "lesions": "3-D connected components matched one-to-one (Hungarian, max summed IoU) "
+    "among pairs with IoU > 0; unmatched truth = FN, unmatched pred = FP; "
+    "F1 = 2TP / (2TP + FP + FN); per-lesion Dice and NSD vs the matched component",
     "empty": "both empty: dice=iou=nsd=lesion_f1=1, distances 0; one empty: dice=nsd=0, "
     "distances inf; 0/0 ratios are NaN (null in JSON)",
     "statistics": "over finite values only; 95% CI = percentile bootstrap of the mean",

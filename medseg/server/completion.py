@@ -4,7 +4,8 @@ DICOM has no "end of series" message and a series may span several associations,
 idle timer is the only signal. It is kept in SQLite, not in memory, so a series whose timer
 was running when the service stopped still completes after a restart (Orthanc's StableAge
 does not survive one). A late instance for a completed series reopens it; its next
-completion is a new *epoch* and gets a new job.
+completion is a new *epoch* and gets a new job. Each series records whether it holds
+images (CT/MR storage classes): only those may become jobs.
 
 The received files in the spool are the durable truth; the table is derived from them. It
 is committed with ``synchronous=NORMAL`` (no fsync per instance: that would halve the
@@ -17,9 +18,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pydicom
 
+from medseg.server.sopclasses import is_image_class
 from medseg.server.sqlite import PerThread, transaction
 
 _SCHEMA = """
@@ -36,7 +39,8 @@ CREATE TABLE IF NOT EXISTS series (
     last_seen REAL NOT NULL,
     epoch INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL DEFAULT 'receiving',
-    job_id TEXT NOT NULL DEFAULT ''
+    job_id TEXT NOT NULL DEFAULT '',
+    is_image INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS series_state ON series(state, last_seen);
 """
@@ -57,6 +61,7 @@ class InstanceInfo:
     description: str = ""
     calling_ae: str = ""
     peer_host: str = ""
+    is_image: bool = False  # of an image storage class (CT/MR...), not SEG/PR/SR
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,13 @@ class SeriesInfo:
     epoch: int
     state: str
     job_id: str
+    is_image: bool = False  # every instance so far of an image storage class
+
+    @classmethod
+    def from_row(cls, row: Any) -> SeriesInfo:
+        data = dict(row)
+        data["is_image"] = bool(data.get("is_image", 0))
+        return cls(**data)
 
 
 class SeriesTracker:
@@ -84,7 +96,11 @@ class SeriesTracker:
     def __init__(self, database: Path) -> None:
         self.database = Path(database)
         self._conn = PerThread(self.database, synchronous="NORMAL")
-        self._conn().executescript(_SCHEMA)
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(series)")}
+        if "is_image" not in columns:  # a spool made before the column existed
+            conn.execute("ALTER TABLE series ADD COLUMN is_image INTEGER NOT NULL DEFAULT 0")
 
     def seen(self, info: InstanceInfo, now: float | None = None) -> None:
         """Record an arrival: (re)start the series' idle timer, reopen it if completed."""
@@ -92,11 +108,12 @@ class SeriesTracker:
         with transaction(self._conn()) as conn:
             conn.execute(
                 "INSERT INTO series (series_uid, study_uid, modality, body_part, description,"
-                " calling_ae, peer_host, received, first_seen, last_seen)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
+                " calling_ae, peer_host, received, first_seen, last_seen, is_image)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)"
                 " ON CONFLICT(series_uid) DO UPDATE SET received = received + 1,"
                 " last_seen = excluded.last_seen, state = 'receiving',"
-                " calling_ae = excluded.calling_ae, peer_host = excluded.peer_host",
+                " calling_ae = excluded.calling_ae, peer_host = excluded.peer_host,"
+                " is_image = MIN(is_image, excluded.is_image)",
                 (
                     info.series_uid,
                     info.study_uid,
@@ -107,6 +124,7 @@ class SeriesTracker:
                     info.peer_host,
                     now,
                     now,
+                    int(info.is_image),
                 ),
             )
 
@@ -117,7 +135,7 @@ class SeriesTracker:
             "SELECT * FROM series WHERE state = ? AND last_seen <= ? ORDER BY last_seen",
             (RECEIVING, now - idle_seconds),
         )
-        return [SeriesInfo(**dict(row)) for row in rows]
+        return [SeriesInfo.from_row(row) for row in rows]
 
     def close_epoch(self, series: SeriesInfo, state: str, job_id: str = "") -> bool:
         """Mark ``series`` handled (``state``) unless an instance arrived since it was read.
@@ -139,14 +157,14 @@ class SeriesTracker:
             .execute("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
             .fetchone()
         )
-        return SeriesInfo(**dict(row)) if row else None
+        return SeriesInfo.from_row(row) if row else None
 
     def expired(self, older_than: float) -> list[SeriesInfo]:
         """Handled series whose last arrival is older than ``older_than`` (retention)."""
         rows = self._conn().execute(
             "SELECT * FROM series WHERE state != ? AND last_seen < ?", (RECEIVING, older_than)
         )
-        return [SeriesInfo(**dict(row)) for row in rows]
+        return [SeriesInfo.from_row(row) for row in rows]
 
     def forget(self, series_uid: str) -> None:
         with transaction(self._conn()) as conn:
@@ -174,6 +192,7 @@ class SeriesTracker:
                     modality=str(header.get("Modality", "") or ""),
                     body_part=str(header.get("BodyPartExamined", "") or ""),
                     description=str(header.get("SeriesDescription", "") or ""),
+                    is_image=is_image_class(str(header.get("SOPClassUID", ""))),
                 ),
                 now,
             )

@@ -36,46 +36,18 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import (
-    BasicTextSRStorage,
-    ComprehensiveSRStorage,
-    CTImageStorage,
-    EnhancedCTImageStorage,
-    EnhancedMRImageStorage,
-    EnhancedSRStorage,
-    GrayscaleSoftcopyPresentationStateStorage,
-    LegacyConvertedEnhancedCTImageStorage,
-    LegacyConvertedEnhancedMRImageStorage,
-    MRImageStorage,
-    SegmentationStorage,
-    Verification,
-)
+from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from medseg.errors import ConfigError
 from medseg.server.completion import InstanceInfo, SeriesTracker
 from medseg.server.config import ServerConfig
+from medseg.server.sopclasses import IMAGE_CLASSES, OTHER_CLASSES, is_image_class
 from medseg.server.spool import Spool, SpoolFullError
 from medseg.server.uids import UnsafeUidError, checked_uid
 
 logger = logging.getLogger(__name__)
 
-IMAGE_CLASSES = (
-    CTImageStorage,
-    MRImageStorage,
-    EnhancedCTImageStorage,
-    EnhancedMRImageStorage,
-    LegacyConvertedEnhancedCTImageStorage,
-    LegacyConvertedEnhancedMRImageStorage,
-)
-# Kept beside the images for later use as prompts; never processed themselves.
-OTHER_CLASSES = (
-    SegmentationStorage,
-    GrayscaleSoftcopyPresentationStateStorage,
-    BasicTextSRStorage,
-    EnhancedSRStorage,
-    ComprehensiveSRStorage,
-)
 TRANSFER_SYNTAXES = [
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -128,6 +100,7 @@ class StoreHandler:
                 description=str(dataset.get("SeriesDescription", "") or ""),
                 calling_ae=calling,
                 peer_host=str(event.assoc.requestor.address),
+                is_image=is_image_class(event.request.AffectedSOPClassUID),
             )
         except UnsafeUidError as exc:
             logger.warning("refused an instance from %s: %s", calling, exc)

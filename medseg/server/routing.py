@@ -1,7 +1,9 @@
 """Routing: which rule (model, window, threshold, destinations) a complete series gets.
 
 Rules are tried in configuration order and the first that matches wins; a series that no
-rule matches is kept for the retention period and not processed.
+rule matches is kept for the retention period and not processed. Only image series (CT/MR
+storage classes) are ever routed: SEG, presentation states and SR are kept, never processed,
+whatever the rules say (a rule with no modalities means "any image", not "anything").
 """
 
 from __future__ import annotations
@@ -32,4 +34,6 @@ def rule_matches(rule: RuleConfig, series: SeriesInfo, slices: int) -> bool:
 
 def route(rules: Sequence[RuleConfig], series: SeriesInfo, slices: int) -> RuleConfig | None:
     """The first rule matching ``series``, or None when it is not to be processed."""
+    if not series.is_image:
+        return None
     return next((rule for rule in rules if rule_matches(rule, series, slices)), None)

@@ -141,21 +141,40 @@ class Sender:
                 self._in_flight.discard((job.id, delivery.name))
                 self._busy_peers.discard((delivery.host, delivery.port, delivery.ae_title))
 
+    def lease_seconds(self) -> float:
+        """How long a claimed delivery is ours: longer than one send can take.
+
+        A send waits at most for the connection, the association, the C-STORE response and
+        the release, each bounded by ``timeout_seconds``; the margin covers the rest.
+        """
+        return 4 * self.config.timeout_seconds + 30.0
+
+    def claim(self, job_id: str, name: str, now: float | None = None) -> Job | None:
+        """Take one delivery for sending, or None when it is not due or another sender has it.
+
+        One compare-and-swap on the job record, so of several senders (the listener's and
+        every worker's, in Redis mode) that saw the same pending delivery exactly one wins:
+        it must be pending *and* due, and the claim moves ``next_attempt`` past the lease,
+        so a sender that read the job list before the claim finds it no longer due. If the
+        sender dies mid-send, the lease expires and another one retries (0x0111 or a second
+        identical SEG instance at the peer: the same SOP Instance UID).
+        """
+        t = time.time() if now is None else now
+
+        def change(d: Delivery) -> Delivery | None:
+            if d.state != PENDING or d.next_attempt > t:
+                return None
+            return dataclasses.replace(
+                d,
+                attempts=d.attempts + 1,
+                next_attempt=t + max(self.backoff(d.attempts + 1), self.lease_seconds()),
+            )
+
+        return self.book.update_delivery(job_id, name, change)
+
     def deliver(self, job_id: str, name: str, output: Path, created: float) -> bool:
         """One attempt; records the outcome on the job. True when delivered."""
-        claimed = self.book.update_delivery(
-            job_id,
-            name,
-            lambda d: (
-                dataclasses.replace(
-                    d,
-                    attempts=d.attempts + 1,
-                    next_attempt=time.time() + self.backoff(d.attempts + 1),
-                )
-                if d.state == PENDING
-                else None
-            ),
-        )
+        claimed = self.claim(job_id, name)
         if claimed is None:
             return False
         delivery = next(d for d in claimed.deliveries if d.name == name)
@@ -173,8 +192,11 @@ class Sender:
                 time.time() - created > self.config.give_up_after_hours * 3600
             )
             state = UNDELIVERABLE if give_up else PENDING
+            retry_at = time.time() + self.backoff(delivery.attempts)
             self.book.update_delivery(
-                job_id, name, lambda d: dataclasses.replace(d, error=error, state=state)
+                job_id,
+                name,
+                lambda d: dataclasses.replace(d, error=error, state=state, next_attempt=retry_at),
             )
             logger.warning(
                 "job %s: delivery to %s failed (attempt %d%s): %s",

@@ -154,10 +154,11 @@ class Service:
             if rule is None:
                 if self.tracker.close_epoch(series, UNMATCHED):
                     logger.info(
-                        "series %s (%s, %d instances): no rule matches; kept, not processed",
+                        "series %s (%s, %d instances): %s; kept, not processed",
                         series.series_uid,
                         series.modality,
                         len(files),
+                        "no rule matches" if series.is_image else "not an image series",
                     )
                 continue
             job = Job(

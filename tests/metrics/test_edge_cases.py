@@ -25,6 +25,7 @@ def test_both_empty_is_perfect_agreement_with_undefined_ratios() -> None:
     assert math.isnan(result["sensitivity"]) and math.isnan(result["precision"])
     assert (result["lesion_tp"], result["lesion_fp"], result["lesion_fn"]) == (0, 0, 0)
     assert math.isnan(result["lesion_dice_mean"]) and result["lesion_dice"] == []
+    assert math.isnan(result["lesion_nsd_mean"]) and result["lesion_nsd"] == []
 
 
 def test_empty_prediction_against_truth_scores_zero_and_infinite_distances() -> None:
@@ -33,6 +34,7 @@ def test_empty_prediction_against_truth_scores_zero_and_infinite_distances() -> 
     result = evaluate(_empty(), truth, SPACING)
     assert result["dice"] == 0.0 and result["iou"] == 0.0 and result["nsd"] == 0.0
     assert math.isinf(result["hd"]) and math.isinf(result["hd95"]) and math.isinf(result["assd"])
+    assert result["lesion_nsd"] == [0.0] and result["lesion_nsd_mean"] == 0.0
     assert result["sensitivity"] == 0.0 and math.isnan(result["precision"])
     assert result["rvd"] == -1.0
     assert (result["lesion_tp"], result["lesion_fp"], result["lesion_fn"]) == (0, 0, 1)
@@ -43,22 +45,35 @@ def test_prediction_against_empty_truth_is_infinite_volume_difference() -> None:
     pred = _empty()
     pred[1, 1, 1] = True
     result = evaluate(pred, _empty(), SPACING)
-    assert result["dice"] == 0.0 and math.isinf(result["hd"]) and math.isinf(result["rvd"])
+    assert result["dice"] == 0.0 and result["iou"] == 0.0 and result["nsd"] == 0.0
+    assert math.isinf(result["hd"]) and math.isinf(result["hd95"]) and math.isinf(result["assd"])
+    assert math.isinf(result["rvd"]) and result["rvd"] > 0
     assert math.isnan(result["sensitivity"]) and result["precision"] == 0.0
     assert (result["lesion_tp"], result["lesion_fp"], result["lesion_fn"]) == (0, 1, 0)
+    assert result["lesion_f1"] == 0.0 and result["lesion_dice"] == []
+    assert math.isnan(result["lesion_dice_mean"]) and math.isnan(result["lesion_nsd_mean"])
 
 
 def test_single_voxel_identical_and_offset() -> None:
     truth = _empty()
     truth[3, 4, 4] = True
     same = evaluate(truth.copy(), truth, SPACING)
-    assert same["dice"] == 1.0 and same["hd"] == 0.0 and same["assd"] == 0.0
+    assert same["dice"] == 1.0 and same["iou"] == 1.0 and same["nsd"] == 1.0
+    assert same["hd"] == 0.0 and same["hd95"] == 0.0 and same["assd"] == 0.0
+    assert same["sensitivity"] == 1.0 and same["precision"] == 1.0 and same["rvd"] == 0.0
+    assert (same["lesion_tp"], same["lesion_fp"], same["lesion_fn"]) == (1, 0, 0)
+    assert same["lesion_f1"] == 1.0 and same["lesion_dice"] == [1.0]
+    assert same["lesion_nsd"] == [1.0]
     assert same["volume_truth_ml"] == pytest.approx(2.5 * 0.7 * 0.7 / 1000)
+    assert same["volume_pred_ml"] == same["volume_truth_ml"]
     pred = _empty()
     pred[4, 4, 5] = True  # one slice and one column away
     moved = evaluate(pred, truth, SPACING)
     expected = math.hypot(2.5, 0.7)
-    assert moved["dice"] == 0.0
+    assert moved["dice"] == 0.0 and moved["iou"] == 0.0
+    assert moved["sensitivity"] == 0.0 and moved["precision"] == 0.0 and moved["rvd"] == 0.0
+    assert (moved["lesion_tp"], moved["lesion_fp"], moved["lesion_fn"]) == (0, 1, 1)
+    assert moved["lesion_f1"] == 0.0 and moved["lesion_dice"] == [0.0]
     assert moved["hd"] == pytest.approx(expected) and moved["hd95"] == pytest.approx(expected)
     assert moved["assd"] == pytest.approx(expected)
     assert moved["nsd"] == 0.0 and evaluate(pred, truth, SPACING, tolerance_mm=3)["nsd"] == 1.0

@@ -226,3 +226,32 @@ def test_labelmap_seg_reads_one_mask_per_segment(ct: list[pydicom.Dataset], tmp_
     for number, label in ((1, "Tumour"), (2, "node")):
         mask = mask_on_volume(tmp_path / "labelmap.dcm", volume, label)
         assert np.array_equal(mask, labels == number)
+
+
+def test_score_case_resamples_a_finer_prediction_onto_the_truth_grid(
+    ct: list[pydicom.Dataset], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    grid = Grid.from_volume(volume_from_datasets(ct))
+    truth = np.zeros(SHAPE, dtype=bool)
+    truth[2:10, 4:16, 4:20] = True
+    _write_nifti(tmp_path / "truth.nii.gz", truth, grid)
+    # Half-size pixels with the same first voxel centre: fine index 2j lies on truth index j.
+    fine = grid.affine.copy()
+    fine[:3, 1:3] /= 2
+    fine_shape = (SHAPE[0], 2 * SHAPE[1] - 1, 2 * SHAPE[2] - 1)
+    pred = np.zeros(fine_shape, dtype=bool)
+    pred[2:10, 8:31, 8:39] = True  # the same box in patient space
+    _write_nifti(tmp_path / "fine.nii.gz", pred, Grid(fine_shape, fine))
+    _write_nifti(tmp_path / "same.nii.gz", truth, grid)
+
+    with caplog.at_level(logging.WARNING):
+        (same,) = _score(tmp_path / "same.nii.gz", tmp_path / "truth.nii.gz")
+    assert same["resampled"] is False and "resampl" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        (row,) = _score(tmp_path / "fine.nii.gz", tmp_path / "truth.nii.gz")
+    assert row["resampled"] is True
+    assert "case prediction: grid differs" in caplog.text
+    assert "resampling nearest-neighbour" in caplog.text
+    assert row["dice"] == 1.0 and row["hd"] == 0.0 and row["nsd"] == 1.0
+    assert row["volume_pred_ml"] == pytest.approx(row["volume_truth_ml"])
+    assert row["volume_truth_ml"] == pytest.approx(truth.sum() * np.prod(grid.spacing) / 1000)

@@ -72,3 +72,41 @@ def test_segment_pairing_by_label_number_and_map(tmp_path: Path) -> None:
 def test_malformed_segment_map_is_a_config_error(text: str) -> None:
     with pytest.raises(ConfigError, match="PRED:TRUTH"):
         parse_segment_map(text)
+
+
+def _strip_series_reference(path: Path) -> None:
+    """Leave only the per-frame DerivationImageSequence naming the source images."""
+    import pydicom
+
+    seg = pydicom.dcmread(path)
+    for keyword in ("ReferencedSeriesSequence", "SourceImageSequence"):
+        if keyword in seg:
+            delattr(seg, keyword)
+    seg.save_as(path)
+
+
+def test_segs_without_referenced_series_pair_by_derivation_source_images(tmp_path: Path) -> None:
+    series_a = write_ct_series(tmp_path / "ct_a", (3, 6, 6))
+    series_b = write_ct_series(tmp_path / "ct_b", (3, 6, 6))
+    mask = np.zeros((3, 6, 6, 1), bool)
+    mask[:, 2:4, 2:4, 0] = True
+    write_seg(tmp_path / "pred" / "alpha.dcm", series_a, mask, ["Lesion"])
+    write_seg(tmp_path / "pred" / "beta.dcm", series_b, mask, ["Lesion"])
+    write_seg(tmp_path / "truth" / "case_b.dcm", series_b, mask, ["Lesion"])
+    write_seg(tmp_path / "truth" / "case_a.dcm", series_a, mask, ["Lesion"])
+    for path in (tmp_path / "pred").iterdir():
+        _strip_series_reference(path)
+    for path in (tmp_path / "truth").iterdir():
+        _strip_series_reference(path)
+
+    preds, truths = find_masks(tmp_path / "pred"), find_masks(tmp_path / "truth")
+    assert all(ref.series_uid is None for ref in (*preds, *truths))
+    alpha = next(ref for ref in preds if ref.stem == "alpha")
+    assert alpha.instance_uids == {str(ds.SOPInstanceUID) for ds in series_a}
+    pairing = pair_cases(preds, truths)
+    pairs = {p.truth.name: p.pred.name for p in pairing.pairs}
+    assert pairs == {"case_a.dcm": "alpha.dcm", "case_b.dcm": "beta.dcm"}
+    assert pairing.unpaired_pred == () and pairing.unpaired_truth == ()
+    twin = MaskRef(Path("p/gamma.dcm"), "gamma", None, alpha.instance_uids)
+    with pytest.raises(MaskInputError, match="several predictions reference one source image"):
+        pair_cases([*preds, twin], truths)

@@ -13,6 +13,7 @@ from medseg.server.service import Service
 from tests.server.peers import (
     DCMTK_ENV,
     STORESCP,
+    CountingReceiver,
     Processes,
     free_port,
     port_open,
@@ -70,6 +71,13 @@ def start_receiver(procs: Processes, tmp_path: Path) -> Callable[..., Receiver]:
         return Receiver(ae_title, port, folder)
 
     return start
+
+
+@pytest.fixture
+def counting_receiver(tmp_path: Path) -> Iterator[CountingReceiver]:
+    """A receiver that keeps every C-STORE it answers as its own file (duplicates count)."""
+    with CountingReceiver(folder=tmp_path / "counted") as receiver:
+        yield receiver
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -190,3 +191,73 @@ def make_slow_model(path: Path, matmuls: int = 24) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+class CountingReceiver:
+    """A pynetdicom storage SCP that counts every C-STORE it answers (by SOP Instance UID).
+
+    dcmtk's storescp names files by SOP Instance UID, so a second send of the same SEG
+    overwrites the first and a file count cannot see it; this counts requests. ``on_store``
+    runs in the handler before the answer (a test's hook to act mid-send). With ``folder``,
+    every request is also written to its own numbered file, so duplicates stay visible.
+    Use as a context manager: the server is always shut down.
+    """
+
+    def __init__(
+        self,
+        ae_title: str = "RECEIVER",
+        on_store: Callable[[], None] | None = None,
+        folder: Path | None = None,
+    ) -> None:
+        self.ae_title = ae_title
+        self.on_store = on_store
+        self.folder = folder
+        self.counts: dict[str, int] = {}
+        self.port = 0
+        self._lock = threading.Lock()
+        self._server: object = None
+
+    def _handle(self, event: object) -> int:
+        sop = str(event.request.AffectedSOPInstanceUID)  # type: ignore[attr-defined]
+        with self._lock:
+            self.counts[sop] = self.counts.get(sop, 0) + 1
+            number = sum(self.counts.values())
+        if self.folder is not None:
+            data = event.encoded_dataset(include_meta=True)  # type: ignore[attr-defined]
+            part = self.folder / f"{number:04d}.part"
+            part.write_bytes(data)
+            part.rename(self.folder / f"{number:04d}.dcm")
+        if self.on_store is not None:
+            self.on_store()
+        return 0x0000
+
+    def files(self) -> list[Path]:
+        """Every received request's file (one per C-STORE, duplicates included)."""
+        return sorted(self.folder.glob("*.dcm")) if self.folder else []
+
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.counts.values())
+
+    def __enter__(self) -> CountingReceiver:
+        from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        ae = AE(ae_title=self.ae_title)
+        ae.supported_contexts = AllStoragePresentationContexts
+        server = ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._handle)]
+        )
+        self.port = int(server.server_address[1])
+        self._server = server
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()  # type: ignore[attr-defined]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): proof that it computes."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -9,7 +9,7 @@ from medseg.server.config import RuleConfig
 from medseg.server.routing import route
 
 
-def info(series: str = "1.2.3", **kw: str) -> InstanceInfo:
+def info(series: str = "1.2.3", **kw: object) -> InstanceInfo:
     base = {"study_uid": "1.2", "series_uid": series, "sop_uid": "1.2.3.1", "modality": "CT"}
     return InstanceInfo(**{**base, **kw})
 
@@ -64,6 +64,7 @@ def series(**kw: object) -> SeriesInfo:
         epoch=0,
         state="receiving",
         job_id="",
+        is_image=True,
     )
     return SeriesInfo(**{**base, **kw})
 
@@ -99,3 +100,17 @@ def test_recover_tracks_spooled_series_the_table_lost(tmp_path: Path) -> None:
         series.study_uid,
         "CT",
     )
+
+
+def test_routing_never_takes_a_non_image_series() -> None:
+    catch_all = (RuleConfig("any"),)
+    assert route(catch_all, series(), 1).name == "any"
+    assert route(catch_all, series(modality="SEG", is_image=False), 1) is None
+
+
+def test_a_series_is_an_image_series_only_while_every_instance_is_one(tmp_path: Path) -> None:
+    tracker = SeriesTracker(tmp_path / "s.db")
+    tracker.seen(info(is_image=True), now=100.0)
+    assert tracker.get("1.2.3").is_image
+    tracker.seen(info(sop_uid="1.2.3.2", is_image=False), now=101.0)
+    assert not tracker.get("1.2.3").is_image

@@ -23,8 +23,10 @@ from medseg.server.jobstore import SqliteJobStore
 from tests.dicom.series_factory import WrittenSeries
 from tests.server.peers import (
     REPO_ROOT,
+    CountingReceiver,
     Processes,
     bright_cube,
+    cpu_seconds,
     free_port,
     log_text,
     make_slow_model,
@@ -137,9 +139,9 @@ def test_destination_down_then_up_is_delivered_after_retry(
 
 @pytest.mark.slow
 def test_kill_9_mid_job_then_restart_completes_once(
-    procs: Processes, start_receiver: Callable, server_config: Callable, tmp_path: Path
+    procs: Processes, counting_receiver: CountingReceiver, server_config: Callable, tmp_path: Path
 ) -> None:
-    receiver = start_receiver()
+    receiver = counting_receiver  # counts C-STOREs: storescp would overwrite a duplicate
     slow = make_slow_model(tmp_path / "slow" / "slow.onnx", matmuls=80)
     peer = {"ae_title": "PACS", "return_port": receiver.port, "return_ae_title": "RECEIVER"}
     path, config = server_config(peers=[peer], model={"path": str(slow), "threads": 1})
@@ -147,11 +149,16 @@ def test_kill_9_mid_job_then_restart_completes_once(
     series = write_ct(tmp_path / "series")
     assert storescu(config.listener.port, tmp_path / "series").returncode == 0
     store = SqliteJobStore(config.spool_dir / "medseg.db")
-    running = wait_until(lambda: store.jobs(("running",)), 60, "the job to start running")
+    (job,) = wait_until(lambda: store.jobs(("running",)), 60, "the job to start running")
+    # Not at claim time: wait for the pipeline itself, then for it to burn CPU in inference.
+    marker = f"job {job.id}: segmenting"
+    wait_until(lambda: marker in log_text(first), 60, "the pipeline to start")
+    started = cpu_seconds(first.pid)
+    wait_until(lambda: cpu_seconds(first.pid) > started + 0.5, 60, "inference to be under way")
     procs.stop(first, signal.SIGKILL)
-    (job,) = running
     assert store.get(job.id).state == "running", "killed mid-job"
-    assert receiver.files() == []
+    assert "SEG" not in log_text(first).split(marker, 1)[1], "killed before the SEG was written"
+    assert receiver.total() == 0
 
     serve(procs, path, config, name="serve-2")
     (seg_file,) = wait_until(receiver.files, 120, "the SEG after restart")
@@ -159,7 +166,7 @@ def test_kill_9_mid_job_then_restart_completes_once(
     done = wait_until(lambda: store.jobs(("done",)), 30, "job done")
     assert [j.id for j in done] == [job.id] and done[0].attempts == 2
     assert len(store.jobs()) == 1, "one job, not a duplicate"
-    assert len(receiver.files()) == 1, "the SEG is delivered once"
+    assert receiver.total() == 1, f"the SEG is delivered once: {receiver.counts}"
     spooled = list((config.spool_dir / "incoming").rglob("*.dcm"))
     assert len(spooled) == len(series.paths)
 

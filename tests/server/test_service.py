@@ -104,3 +104,56 @@ def test_series_over_several_associations_is_one_job(
     tracked = service.tracker.get(series.series_uid)
     assert tracked.received == 6 and tracked.state == "submitted" and tracked.job_id == job.id
     assert len(service.spool.series_files(series.study_uid, series.series_uid)) == 6
+
+
+def send_pynetdicom(port: int, path: Path) -> int:
+    """C-STORE one file with a pynetdicom SCU (dcmtk's storescu does not propose SEG)."""
+    import pydicom
+    from pynetdicom import AE
+
+    ds = pydicom.dcmread(path)
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", port, ae_title="MEDSEG")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(ds).Status)
+    finally:
+        assoc.release()
+
+
+def write_seg_like(path: Path, study_uid: str) -> tuple[str, str]:
+    """A Segmentation Storage instance (header only: the listener stores bytes as sent)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pynetdicom.sop_class import SegmentationStorage
+
+    ds = Dataset()
+    ds.SOPClassUID = SegmentationStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SEG"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.save_as(path, enforce_file_format=True)
+    return ds.SeriesInstanceUID, ds.SOPInstanceUID
+
+
+def test_catch_all_rule_never_turns_a_seg_into_a_job(
+    running: Callable, server_config: Callable, tmp_path: Path
+) -> None:
+    rule = {"name": "any", "modalities": [], "destinations": [], "output_folder": str(tmp_path)}
+    _, config = server_config(rules=[rule])
+    service = running(config, workers=0)
+    ct = write_ct(tmp_path / "ct", slices=3)
+    seg_series, seg_sop = write_seg_like(tmp_path / "seg.dcm", ct.study_uid)
+    assert storescu(service.port, ct.paths).returncode == 0
+    assert send_pynetdicom(service.port, tmp_path / "seg.dcm") == 0x0000
+    wait_until(lambda: service.tracker.get(seg_series).state == "unmatched", 30, "the SEG")
+    (job,) = wait_until(lambda: service.store.jobs(), 30, "the CT series' job")
+    assert job.series_uid == ct.series_uid, "the catch-all rule still takes image series"
+    assert [p.stem for p in service.spool.series_files(ct.study_uid, seg_series)] == [seg_sop]
+    assert service.tracker.get(ct.series_uid).is_image

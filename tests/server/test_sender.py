@@ -1,0 +1,88 @@
+"""The outbox: of several senders that saw the same pending delivery, exactly one sends."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from medseg.server.config import DeliveryConfig
+from medseg.server.jobs import DELIVERING, DONE, Delivery, Job, JobBook, job_id_for
+from medseg.server.jobstore import SqliteJobStore
+from medseg.server.sender import Sender
+from tests.server.peers import CountingReceiver
+from tests.server.test_service import write_seg_like
+
+
+def book(database: Path) -> JobBook:
+    """One process's view of the shared job records (its own connection)."""
+    return JobBook(SqliteJobStore(database), lease_seconds=60, max_attempts=3)
+
+
+def delivering_job(jobs: JobBook, port: int, output: Path) -> Job:
+    job = Job(
+        job_id_for("1.2.3", 1),
+        "1.2.3",
+        "1.2",
+        "rule",
+        deliveries=(Delivery("recv", "RECEIVER", "127.0.0.1", port),),
+    )
+    jobs.create(job)
+    jobs.claim(job.id, "worker")
+    done = jobs.processed(job.id, "worker", output=str(output))
+    assert done is not None and done.state == DELIVERING
+    return done
+
+
+def test_two_senders_racing_on_one_delivery_send_once(tmp_path: Path) -> None:
+    """Sender B read the job list before A claimed, and tries while A is mid-send."""
+    database = tmp_path / "medseg.db"
+    config = DeliveryConfig(initial_backoff_seconds=0.5, max_backoff_seconds=2, timeout_seconds=10)
+    sender_a = Sender(book(database), config, calling_ae="MEDSEG")
+    sender_b = Sender(book(database), config, calling_ae="MEDSEG")
+    write_seg_like(tmp_path / "seg.dcm", "1.2")
+    a_sending, b_done = threading.Event(), threading.Event()
+    results: dict[str, bool] = {}
+
+    def hold_first_send() -> None:
+        if not a_sending.is_set():
+            a_sending.set()
+            assert b_done.wait(30), "sender B never finished its try"
+
+    try:
+        with CountingReceiver(on_store=hold_first_send) as receiver:
+            job = delivering_job(sender_a.book, receiver.port, tmp_path / "seg.dcm")
+            seen_by_b = sender_b.book.store.jobs((DELIVERING,))  # B's stale read
+            assert [d.next_attempt for d in seen_by_b[0].pending] == [0.0]
+
+            def run_a() -> None:
+                results["a"] = sender_a.deliver(job.id, "recv", Path(job.output), job.created)
+
+            thread_a = threading.Thread(target=run_a)
+            thread_a.start()
+            assert a_sending.wait(30), "sender A never reached the receiver"
+            try:
+                results["b"] = sender_b.deliver(job.id, "recv", Path(job.output), job.created)
+            finally:
+                b_done.set()
+            thread_a.join(30)
+            assert receiver.total() == 1, receiver.counts
+        assert results == {"a": True, "b": False}
+        final = sender_b.book.store.get(job.id)
+        assert final.state == DONE and final.deliveries[0].attempts == 1
+    finally:
+        sender_a.close()
+        sender_b.close()
+
+
+def test_a_claimed_delivery_is_not_due_again_until_its_lease_ends(tmp_path: Path) -> None:
+    jobs = book(tmp_path / "medseg.db")
+    config = DeliveryConfig(initial_backoff_seconds=0.5, max_backoff_seconds=2, timeout_seconds=5)
+    sender = Sender(jobs, config, calling_ae="MEDSEG")
+    try:
+        job = delivering_job(jobs, 1, tmp_path / "seg.dcm")
+        assert sender.claim(job.id, "recv", now=1000.0) is not None
+        assert sender.claim(job.id, "recv", now=1000.0 + 2) is None, "backoff is not the lease"
+        later = 1000.0 + sender.lease_seconds() + 1
+        assert sender.claim(job.id, "recv", now=later) is not None, "a dead sender's lease ends"
+    finally:
+        sender.close()
