@@ -98,9 +98,12 @@ class SeriesTracker:
         self._conn = PerThread(self.database, synchronous="NORMAL")
         conn = self._conn()
         conn.executescript(_SCHEMA)
-        columns = {row[1] for row in conn.execute("PRAGMA table_info(series)")}
-        if "is_image" not in columns:  # a spool made before the column existed
-            conn.execute("ALTER TABLE series ADD COLUMN is_image INTEGER NOT NULL DEFAULT 0")
+        with transaction(conn):  # re-checked under the lock: another process may migrate
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(series)")}
+            if "is_image" not in columns:  # a spool made before the column existed
+                conn.execute("ALTER TABLE series ADD COLUMN is_image INTEGER NOT NULL DEFAULT 0")
+                # Its series were all routable then; keep CT/MR ones so.
+                conn.execute("UPDATE series SET is_image = 1 WHERE upper(modality) IN ('CT', 'MR')")
 
     def seen(self, info: InstanceInfo, now: float | None = None) -> None:
         """Record an arrival: (re)start the series' idle timer, reopen it if completed."""

@@ -229,7 +229,6 @@ class JobRunner:
                 raise DicomInputError(f"no spooled instances for series {job.series_uid}")
             folder = self.spool.job_dir(job.id)
             folder.mkdir(parents=True, exist_ok=True)
-            logger.debug("job %s: segmenting %d instances", job.id, len(files))
             outcome = self.segmenter(files, folder / "seg.dcm", job)
             if job.output_folder:
                 _copy_out(outcome.output, Path(job.output_folder), job)

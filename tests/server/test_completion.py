@@ -114,3 +114,30 @@ def test_a_series_is_an_image_series_only_while_every_instance_is_one(tmp_path: 
     assert tracker.get("1.2.3").is_image
     tracker.seen(info(sop_uid="1.2.3.2", is_image=False), now=101.0)
     assert not tracker.get("1.2.3").is_image
+
+
+def test_a_spool_from_before_is_image_keeps_its_ct_series_routable(tmp_path: Path) -> None:
+    import sqlite3
+
+    database = tmp_path / "s.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute(
+            "CREATE TABLE series (series_uid TEXT PRIMARY KEY, study_uid TEXT NOT NULL,"
+            " modality TEXT NOT NULL DEFAULT '', body_part TEXT NOT NULL DEFAULT '',"
+            " description TEXT NOT NULL DEFAULT '', calling_ae TEXT NOT NULL DEFAULT '',"
+            " peer_host TEXT NOT NULL DEFAULT '', received INTEGER NOT NULL DEFAULT 0,"
+            " first_seen REAL NOT NULL, last_seen REAL NOT NULL,"
+            " epoch INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL DEFAULT 'receiving',"
+            " job_id TEXT NOT NULL DEFAULT '')"
+        )
+        conn.execute(
+            "INSERT INTO series VALUES ('1', '2', 'CT', '', '', '', '', 3, 0, 0, 0,"
+            " 'receiving', '')"
+        )
+        conn.execute(
+            "INSERT INTO series VALUES ('3', '2', 'SEG', '', '', '', '', 1, 0, 0, 0,"
+            " 'receiving', '')"
+        )
+    conn.close()
+    tracker = SeriesTracker(database)
+    assert tracker.get("1").is_image and not tracker.get("3").is_image

@@ -10,6 +10,7 @@ import pytest
 
 from medseg.server.jobstore import RedisJobStore
 from tests.server.peers import (
+    CountingReceiver,
     Processes,
     free_port,
     log_text,
@@ -40,11 +41,11 @@ def redis_url(procs: Processes, tmp_path: Path) -> str:
 def test_two_workers_share_the_jobs(
     procs: Processes,
     redis_url: str,
-    start_receiver: Callable,
+    counting_receiver: CountingReceiver,
     server_config: Callable,
     tmp_path: Path,
 ) -> None:
-    receiver = start_receiver()
+    receiver = counting_receiver
     slow = make_slow_model(tmp_path / "slow" / "slow.onnx", matmuls=40)
     peer = {"ae_title": "PACS", "return_port": receiver.port, "return_ae_title": "RECEIVER"}
     queue = {"backend": "redis", "redis_url": redis_url, "name": "t", "workers": 0}
@@ -54,6 +55,13 @@ def test_two_workers_share_the_jobs(
         procs.medseg("worker", "-c", str(path), "--workers", "1", name=f"worker-{i}")
         for i in range(2)
     ]
+    for worker in workers:  # both consuming before anything is sent, or one may take both
+        wait_until(
+            lambda w=worker: "medseg worker started" in log_text(w) or w.poll() is not None,
+            60,
+            "a worker to start",
+        )
+        assert worker.poll() is None, log_text(worker)
     sent = [write_ct(tmp_path / f"series-{i}") for i in range(2)]
     for i in range(2):
         assert storescu(config.listener.port, tmp_path / f"series-{i}").returncode == 0
@@ -65,6 +73,7 @@ def test_two_workers_share_the_jobs(
         by_series[uid] = seg_file
     for series in sent:
         check_seg_references(by_series[series.series_uid], series)
+    assert receiver.total() == 2, f"each SEG delivered once: {receiver.counts}"
 
     store = RedisJobStore(redis_url, "t")
     done = wait_until(lambda: len(store.jobs(("done",))) == 2 and store.jobs(), 30, "jobs done")
@@ -74,4 +83,5 @@ def test_two_workers_share_the_jobs(
     logs = [log_text(w) for w in workers]
     ran = [sum("SEG" in line and "written" in line for line in log.splitlines()) for log in logs]
     assert ran == [1, 1], f"each worker ran one job: {ran}"
+    assert receiver.total() == 2, f"no SEG sent twice: {receiver.counts}"
     store.close()

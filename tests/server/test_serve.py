@@ -142,7 +142,7 @@ def test_kill_9_mid_job_then_restart_completes_once(
     procs: Processes, counting_receiver: CountingReceiver, server_config: Callable, tmp_path: Path
 ) -> None:
     receiver = counting_receiver  # counts C-STOREs: storescp would overwrite a duplicate
-    slow = make_slow_model(tmp_path / "slow" / "slow.onnx", matmuls=80)
+    slow = make_slow_model(tmp_path / "slow" / "slow.onnx", matmuls=240)
     peer = {"ae_title": "PACS", "return_port": receiver.port, "return_ae_title": "RECEIVER"}
     path, config = server_config(peers=[peer], model={"path": str(slow), "threads": 1})
     first = serve(procs, path, config, name="serve-1")
@@ -150,14 +150,16 @@ def test_kill_9_mid_job_then_restart_completes_once(
     assert storescu(config.listener.port, tmp_path / "series").returncode == 0
     store = SqliteJobStore(config.spool_dir / "medseg.db")
     (job,) = wait_until(lambda: store.jobs(("running",)), 60, "the job to start running")
-    # Not at claim time: wait for the pipeline itself, then for it to burn CPU in inference.
-    marker = f"job {job.id}: segmenting"
+    # Not at claim time: wait for the pipeline's own start line (it logs once the series is
+    # read, before inference), then for the process to burn CPU in inference.
+    marker = "medseg.pipeline: segmenting"
     wait_until(lambda: marker in log_text(first), 60, "the pipeline to start")
     started = cpu_seconds(first.pid)
     wait_until(lambda: cpu_seconds(first.pid) > started + 0.5, 60, "inference to be under way")
     procs.stop(first, signal.SIGKILL)
     assert store.get(job.id).state == "running", "killed mid-job"
-    assert "SEG" not in log_text(first).split(marker, 1)[1], "killed before the SEG was written"
+    assert " SEG " not in log_text(first).split(marker, 1)[1], "killed before the SEG was written"
+    assert not (config.spool_dir / "outbox" / job.id / "seg.dcm").exists()
     assert receiver.total() == 0
 
     serve(procs, path, config, name="serve-2")
