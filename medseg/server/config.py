@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg.errors import ConfigError
+from medseg.errors import ConfigError, PromptError
+from medseg.server.ruleprompts import parse_rule_prompt
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -272,6 +273,7 @@ class RuleConfig:
     model: str = ""
     window: str = ""
     threshold: float | None = None
+    prompts: tuple[str, ...] = ()  # "box=x0,y0,x1,y1@k0-k1", "point-mm=x,y,z:neg", ...
     destinations: tuple[str, ...] = (CALLER,)
     output_folder: str = ""
 
@@ -287,6 +289,11 @@ class RuleConfig:
             re.compile(self.series_description)
         except re.error as exc:
             raise ConfigError(f"series_description: invalid regular expression: {exc}") from exc
+        for m, text in enumerate(self.prompts):
+            try:
+                parse_rule_prompt(text)
+            except PromptError as exc:
+                raise ConfigError(f"prompts[{m}]: {exc}") from exc
         _require(
             bool(self.destinations) or bool(self.output_folder),
             "destinations",

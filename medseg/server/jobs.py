@@ -54,6 +54,7 @@ class Job:
     model: str = ""
     window: str = ""
     threshold: float | None = None  # None: the model card's
+    prompts: tuple[str, ...] = ()  # the rule's prompt texts (see ruleprompts.py)
     output_folder: str = ""
     state: str = QUEUED
     attempts: int = 0
@@ -79,6 +80,7 @@ class Job:
     def from_json(cls, text: str | bytes) -> Job:
         data: dict[str, Any] = json.loads(text)
         data["deliveries"] = tuple(Delivery(**d) for d in data.get("deliveries", ()))
+        data["prompts"] = tuple(data.get("prompts", ()))
         return cls(**data)
 
     @property

@@ -169,6 +169,7 @@ class Service:
                 model=rule.model,
                 window=rule.window,
                 threshold=rule.threshold,
+                prompts=rule.prompts,
                 output_folder=rule.output_folder,
                 deliveries=deliveries_for(self.config, rule.destinations, series),
             )

@@ -71,6 +71,7 @@ class PipelineSegmenter:
     def options(self, job: Job) -> SegmentOptions:
         """The pipeline options for ``job``: its rule's settings over the [model] section."""
         from medseg.pipeline import SegmentOptions
+        from medseg.server.ruleprompts import parse_rule_prompts
 
         return SegmentOptions(
             model=self.model_path(job.model),
@@ -79,6 +80,7 @@ class PipelineSegmenter:
             providers=self.config.providers,
             window=job.window or "auto",
             threshold=job.threshold,
+            prompts=parse_rule_prompts(job.prompts),
             series_uid=job.series_uid,
         )
 

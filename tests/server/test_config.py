@@ -42,6 +42,14 @@ GOOD = {"peers": [{"ae_title": "PACS"}], "rules": [{"name": "r"}]}
         ({"rules": [{"name": "r", "destinations": ["nowhere"]}]}, "rules[0].destinations"),
         ({"rules": [{"name": "r", "series_description": "("}]}, "rules[0].series_description"),
         ({"rules": [{"modalities": ["CT"]}]}, "rules[0].name"),
+        ({"rules": [{"name": "r", "prompts": ["box=1,2,3"]}]}, "rules[0].prompts[0]"),
+        (
+            {"rules": [{"name": "r"}, {"name": "s", "prompts": ["point=1,2,3", "circle=1"]}]},
+            "rules[1].prompts[1]",
+        ),
+        ({"rules": [{"name": "r", "prompts": ["box-mm=0,0,9,9"]}]}, "rules[0].prompts[0]"),
+        ({"rules": [{"name": "r", "prompts": ["point=1,2,3:maybe"]}]}, "rules[0].prompts[0]"),
+        ({"rules": [{"name": "r", "prompts": "box=1,2,3,4"}]}, "rules[0].prompts"),
         ({"peers": []}, "peers"),
         ({"peers": [{"ae_title": "PACS", "return_port": -1}]}, "peers[0].return_port"),
         (
@@ -55,6 +63,23 @@ def test_invalid_value_names_the_key(change: dict, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({**GOOD, **change})
     assert str(info.value).startswith(f"{key}:"), str(info.value)
+
+
+def test_rule_prompts_parse_with_the_segment_syntax() -> None:
+    from medseg.prompts import BoxPrompt, PointPrompt
+    from medseg.server.ruleprompts import parse_rule_prompts
+
+    texts = ("box=10,12,40,42@2-5", "box-mm=-40,-30,10,20@-95:-80", "point=3,4,5:neg")
+    texts += ("POINT-MM = -12.5,30,-100",)
+    rule = {"name": "r", "prompts": list(texts)}
+    config = parse_config({**GOOD, "rules": [rule]})
+    assert config.rules[0].prompts == texts
+    assert parse_rule_prompts(config.rules[0].prompts) == (
+        BoxPrompt(10, 12, 40, 42, 2, 5),
+        BoxPrompt(-40, -30, 10, 20, -95, -80, space="mm"),
+        PointPrompt(3, 4, 5, positive=False),
+        PointPrompt(-12.5, 30, -100, space="mm"),
+    )
 
 
 def test_file_errors_name_the_file(tmp_path: Path) -> None:

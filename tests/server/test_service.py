@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import highdicom as hd
+import numpy as np
 import pytest
 
 from medseg.server.jobstore import SqliteJobStore
@@ -51,6 +52,29 @@ def test_output_folder_gets_the_seg_and_retention_cleans_up(
     assert service.spool.series_files(series.study_uid, series.series_uid) == []
     assert service.store.jobs() == [] and service.tracker.get(series.series_uid) is None
     assert seg_file.is_file(), "the output folder is the user's: never cleaned"
+
+
+def test_rule_box_prompt_limits_the_seg_to_the_box(
+    running: Callable, server_config: Callable, tmp_path: Path
+) -> None:
+    out = tmp_path / "results"
+    box = "box=16,16,23,31@1-6"  # the left half of the bright cube (columns 16..31)
+    rule = {"name": "boxed", "prompts": [box], "destinations": [], "output_folder": str(out)}
+    _, config = server_config(rules=[rule])
+    service = running(config, workers=1)
+    series = write_ct(tmp_path / "series")
+    assert storescu(service.port, tmp_path / "series").returncode == 0
+    (job,) = wait_until(lambda: service.store.jobs(("done",)), 60, "the job to finish")
+    assert job.prompts == (box,), "the rule's prompts travel on the stored job record"
+    (seg_file,) = out.glob("*.seg.dcm")
+    seg = hd.seg.segread(seg_file)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    _, rows, cols = np.nonzero(frames)
+    assert cols.size > 0, "the box holds part of the cube: something is segmented"
+    assert cols.min() >= 16 and cols.max() <= 23, (cols.min(), cols.max())
+    assert rows.min() >= 16 and rows.max() <= 31, (rows.min(), rows.max())
+    assert set(cols.tolist()) == set(range(16, 24)), "the whole box width of the cube is kept"
 
 
 @pytest.mark.slow
