@@ -309,7 +309,8 @@ def check_writable(volume: Volume, card: ModelCard, output: Path, options: Segme
 
     Delegates to ``medseg.seg``: ``check_output_path`` for the output (and preview) folder,
     ``check_seg_source`` for the source headers (a dry run of the SEG builder on a one-voxel
-    mask: FrameOfReferenceUID, patient/study attributes, multi-frame coverage).
+    mask: type-1 UIDs such as FrameOfReferenceUID, a SOP class a SEG can reference,
+    multi-frame coverage; invalid type-2 values are blanked, not refused).
     """
     from medseg.seg import check_output_path, check_seg_source
 
