@@ -8,6 +8,11 @@ with INT8's accuracy loss against FP32 on held-out slices.
     python3 benchmarks/bench_model.py                     # both models, 3 timed runs each
     python3 benchmarks/bench_model.py --models phantom --iters 10
     python3 benchmarks/bench_model.py --models hiera_l --iters 1 --warmup 0   # ~minutes
+    python3 benchmarks/bench_model.py --models hiera_l --original /tmp/SAM2-UNet  # side by side
+
+``--original CHECKOUT`` (a clone of WZH0120/SAM2-UNet, plus ``pip install hydra-core``) also
+times the original code with the same weights, eager and exported to ONNX by the same
+exporter, and prints medseg/original ratios: the baseline run side by side.
 
 Reference for hiera_l on the 2-core dev CPU (original implementation): 2.6 s/slice eager,
 2.0 s/slice ONNX Runtime FP32, 256 GFLOPs/slice (~1.35 s/slice FP32 floor at 190 GFLOP/s).
@@ -29,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.original_sam2unet import SIZES  # noqa: E402
 from medseg.model import build_sam2unet  # noqa: E402
 from medseg.model.export import export_onnx, ort_session  # noqa: E402
 from medseg.model.quantize import compare_precisions, quantize_int8, split_calibration  # noqa: E402
@@ -96,6 +102,8 @@ def bench(name: str, args: argparse.Namespace, slices: np.ndarray, tmp: Path) ->
     session = ort_session(fp32_path, args.threads)
     feed = {"image": slices[:1]}
     row["ort_ms"] = time_ms(lambda: session.run(["logits"], feed), args.iters, args.warmup)
+    if args.original and name in SIZES:
+        row.update(side_by_side(model, name, args, x, tmp))
     if args.skip_int8:
         return row
     calibration, heldout = split_calibration(slices, 0.5)
@@ -111,6 +119,42 @@ def bench(name: str, args: argparse.Namespace, slices: np.ndarray, tmp: Path) ->
         dice=quant.dice_vs_fp32,
     )
     return row
+
+
+def side_by_side(model, name: str, args: argparse.Namespace, x, tmp: Path) -> dict:
+    """The original code with medseg's weights: eager and ORT times, and the output gap."""
+    from benchmarks.original_sam2unet import build_original
+
+    original = build_original(args.original, name).eval()
+    original.load_state_dict(model.state_dict(), strict=True)
+    with torch.inference_mode():
+        gap = float((original(x)[0] - model(x)[0]).abs().max())
+        orig_torch = time_ms(lambda: original(x), args.iters, args.warmup)
+    path = export_onnx(original, tmp / f"{name}.original.onnx", static=True)
+    session = ort_session(path, args.threads)
+    feed = {"image": x.numpy()}
+    orig_ort = time_ms(lambda: session.run(["logits"], feed), args.iters, args.warmup)
+    return {"orig_torch_ms": orig_torch, "orig_ort_ms": orig_ort, "orig_gap": gap}
+
+
+def print_side_by_side(rows: list[dict]) -> None:
+    rows = [r for r in rows if "orig_torch_ms" in r]
+    if not rows:
+        return
+    print("\nSide by side with the original code (WZH0120/SAM2-UNet), same weights and input:\n")
+    head = (
+        f"{'model':<9} {'orig torch ms':>13} {'medseg':>8} {'ratio':>6} "
+        f"{'orig ORT ms':>12} {'medseg':>8} {'ratio':>6} {'max|dout|':>10}"
+    )
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(
+            f"{r['model']:<9} {r['orig_torch_ms']:>13.1f} {r['torch_ms']:>8.1f} "
+            f"{r['torch_ms'] / r['orig_torch_ms']:>6.2f} {r['orig_ort_ms']:>12.1f} "
+            f"{r['ort_ms']:>8.1f} {r['ort_ms'] / r['orig_ort_ms']:>6.2f} {r['orig_gap']:>10.2e}"
+        )
+    print("ratio = medseg / original (below 1: medseg faster).")
 
 
 def main() -> int:
@@ -129,6 +173,9 @@ def main() -> int:
     )
     parser.add_argument("--slices", type=int, default=8, help="real slices to load")
     parser.add_argument("--skip-int8", action="store_true")
+    parser.add_argument(
+        "--original", type=Path, help="checkout of WZH0120/SAM2-UNet to run side by side"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -163,6 +210,7 @@ def main() -> int:
             f"{r['ort_ms']:>12.1f} {floor:>7.0f}% {int8}"
         )
     print("\nfloor % = (GFLOPs / 190 GFLOP/s FP32 peak) / ORT FP32 time: share of the CPU's peak.")
+    print_side_by_side(rows)
     return 0
 
 

@@ -76,6 +76,9 @@ class PhantomConfig:
     min_lesions: int = 0
     max_lesions: int = 4
     lesion_diameter_mm: tuple[float, float] = (5.0, 40.0)
+    # relative odds of a lesion's organ (liver, spleen, kidney); a training set may enrich
+    # the rare organs so the network sees enough of them
+    lesion_organ_weights: tuple[float, float, float] = (0.8, 0.1, 0.1)
     noise_hu: tuple[float, float] = (6.0, 16.0)  # per-series noise SD range
     blur_mm: float = 0.8  # partial-volume blur (Gaussian sigma, in-plane)
 
@@ -94,6 +97,11 @@ class PhantomConfig:
         low, high = self.lesion_diameter_mm
         if not 1.0 <= low <= high <= 80.0:
             raise ConfigError("phantom lesion diameters must satisfy 1 <= min <= max <= 80 mm")
+        weights = self.lesion_organ_weights
+        if len(weights) != 3 or not all(np.isfinite(w) and w >= 0 for w in weights):
+            raise ConfigError("phantom lesion organ weights must be three numbers >= 0")
+        if sum(weights) <= 0:
+            raise ConfigError("phantom lesion organ weights must not all be zero")
 
 
 @dataclass(frozen=True)
@@ -349,10 +357,12 @@ def _place_lesions(
     organs = {LIVER: anatomy.liver, SPLEEN: anatomy.spleen, KIDNEY: anatomy.kidneys[0]}
     placed: list[tuple[Lesion, _Blob, float, int]] = []
     low, high = cfg.lesion_diameter_mm
+    odds = np.asarray(cfg.lesion_organ_weights, dtype=np.float64)
+    odds /= odds.sum()
     attempts = 0
     while len(placed) < count and attempts < 400:
         attempts += 1
-        organ = int(rng.choice(LESION_ORGANS, p=(0.8, 0.1, 0.1)))
+        organ = int(rng.choice(LESION_ORGANS, p=odds))
         if organ == KIDNEY:
             organs[KIDNEY] = anatomy.kidneys[int(rng.integers(2))]
         blob = organs[organ]

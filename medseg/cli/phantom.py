@@ -43,6 +43,20 @@ def _range(text: str) -> tuple[int, int]:
     return values
 
 
+def _organ_weights(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"lesion organs must be LIVER,SPLEEN,KIDNEY weights, not {text!r}"
+        ) from exc
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(
+            f"lesion organs must be three weights LIVER,SPLEEN,KIDNEY, not {text!r}"
+        )
+    return values  # type: ignore[return-value]
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "phantom",
@@ -69,6 +83,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--lesions", type=_range, default=(0, 4), metavar="MIN-MAX", help="default 0-4"
+    )
+    parser.add_argument(
+        "--lesion-organs",
+        type=_organ_weights,
+        default=(0.8, 0.1, 0.1),
+        metavar="LIVER,SPLEEN,KIDNEY",
+        help="relative odds of each lesion organ (default 0.8,0.1,0.1)",
     )
     parser.add_argument("--nifti", action="store_true", help="also write truth.nii.gz")
     parser.add_argument(
@@ -97,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         slice_spacing=2.5 if slice_spacing is None else slice_spacing,
         min_lesions=args.lesions[0],
         max_lesions=args.lesions[1],
+        lesion_organ_weights=args.lesion_organs,
     )
     out_dir: Path = args.out_dir
     targets = [out_dir / f"phantom_{seed:05d}" for seed in range(args.seed, args.seed + args.count)]

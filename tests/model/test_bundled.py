@@ -18,7 +18,7 @@ def test_bundled_model_is_the_default_and_its_card_describes_it():
     assert card.extra["sha256"] == sha256_of(path)
     assert "not for clinical use" in card.intended_use
     training = card.extra["training"]
-    assert "medseg train" in training["command"]
+    assert training["command"].startswith("medseg ") and " train --data " in training["command"]
     assert 0.0 < training["val_dice"] <= 1.0
     assert "medseg phantom" in card.extra["notes"]["trained_on"]
 
@@ -31,3 +31,34 @@ def test_bundled_model_runs_with_the_card_contract():
     (logits,) = session.run([card.output_name], {card.input_name: batch})
     assert logits.shape == (1, 1, *card.input_size)
     assert np.isfinite(logits).all()
+
+
+HELD_OUT_SEEDS = range(9000, 9010)  # never used for training (the card lists 1000-1047)
+
+
+# A regression guard at the shipped model's level (measured 0.774, models/README.md), not
+# the 0.85 target, which this model does not reach yet.
+MIN_MEAN_DICE = 0.75
+
+
+def test_bundled_model_end_to_end_dice_on_fresh_phantoms(tmp_path):
+    """As a user runs it: ``medseg phantom`` -> ``medseg segment`` (bundled model, no
+    --model) -> ``medseg eval`` against the phantom truth, on seeds never trained on."""
+    import json
+
+    from medseg.cli import main
+
+    data, preds, truths = tmp_path / "data", tmp_path / "pred", tmp_path / "truth"
+    first = str(HELD_OUT_SEEDS[0])
+    assert main(["phantom", str(data), "--count", str(len(HELD_OUT_SEEDS)), "--seed", first]) == 0
+    truths.mkdir()
+    preds.mkdir()
+    for folder in sorted(data.iterdir()):
+        (folder / "truth.seg.dcm").rename(truths / f"{folder.name}.seg.dcm")
+        out = preds / f"{folder.name}.seg.dcm"
+        assert main(["segment", str(folder / "ct"), "-o", str(out), "--no-progress"]) == 0
+    report = tmp_path / "eval.json"
+    assert main(["eval", str(preds), str(truths), "--no-progress", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert len(result["cases"]) == len(HELD_OUT_SEEDS) and not result["errors"]
+    assert result["summary"]["Lesion"]["dice"]["mean"] >= MIN_MEAN_DICE

@@ -161,3 +161,47 @@ def test_separable_boundary_weight_equals_the_31x31_average_pool_definition():
     mask = (torch.rand(2, 1, 80, 72, generator=torch.Generator().manual_seed(1)) > 0.6).float()
     direct = 1 + 5 * torch.abs(F.avg_pool2d(mask, kernel_size=31, stride=1, padding=15) - mask)
     assert torch.allclose(boundary_weight(mask), direct, atol=1e-5)
+
+
+def _slice_set(masks):
+    import numpy as np
+
+    from medseg.model.data import SliceSet
+
+    masks = np.asarray(masks, dtype=np.float32)
+    return SliceSet("1.2.3", np.zeros_like(masks), masks)
+
+
+def test_sampling_gives_lesion_slices_their_share_and_copes_with_no_lesion():
+    """Lesion slices (mask >= 0.5) share ``lesion_share`` of the draws, empty ones the rest."""
+    import numpy as np
+
+    from medseg.model.data import sampling_weights
+
+    masks = np.zeros((8, 6, 6), dtype=np.float32)
+    masks[0:4, 1:4, 1:4] = 1.0  # lesion on slices 0-3
+    masks[6, 4, 4] = 0.4  # a soft edge below 0.5: not lesion
+    empty = np.zeros((3, 6, 6), dtype=np.float32)
+    weights = sampling_weights([_slice_set(masks), _slice_set(empty)], lesion_share=0.6)
+    assert weights.sum() == pytest.approx(1.0)
+    assert np.allclose(weights[0:4], 0.6 / 4)
+    assert np.allclose(weights[4:], 0.4 / 7)
+    uniform = sampling_weights([_slice_set(np.zeros((4, 8, 8)))])
+    assert np.allclose(uniform, 0.25)
+
+
+def test_batches_gather_the_right_slices_across_series():
+    import numpy as np
+
+    from medseg.model.data import SliceSet
+    from medseg.model.train import _gather
+
+    sets = [
+        SliceSet(str(k), np.full((n, 2, 2), k, np.float32), np.full((n, 2, 2), -k, np.float32))
+        for k, n in ((1, 3), (2, 1), (3, 4))
+    ]
+    images, masks = _gather(sets, np.array([0, 3, 4, 7, 2]))
+    assert images[:, 0, 0].tolist() == [1, 2, 3, 3, 1]
+    assert masks[:, 0, 0].tolist() == [-1, -2, -3, -3, -1]
+    images[0] = 99  # a copy: the data set is untouched
+    assert sets[0].images.max() == 1

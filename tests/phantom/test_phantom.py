@@ -119,6 +119,39 @@ def test_bad_config_is_a_config_error() -> None:
         PhantomConfig(size=(8, 64))
     with pytest.raises(ConfigError, match="lesion count"):
         PhantomConfig(min_lesions=3, max_lesions=2)
+    with pytest.raises(ConfigError, match="organ weights"):
+        PhantomConfig(lesion_organ_weights=(0.0, 0.0, 0.0))
+    with pytest.raises(ConfigError, match="organ weights"):
+        PhantomConfig(lesion_organ_weights=(1.0, -0.5, 0.5))
+
+
+def test_lesion_organ_weights_choose_the_organ() -> None:
+    """Kidney-only odds put every lesion in a kidney; the default keeps the liver first."""
+    kidney_only = [
+        lesion.organ
+        for seed in range(6)
+        for lesion in generate_phantom(
+            seed, **SMALL, min_lesions=2, lesion_organ_weights=(0, 0, 1)
+        ).lesion_list
+    ]
+    assert kidney_only and set(kidney_only) == {"kidney"}
+    default = [
+        lesion.organ
+        for seed in range(6)
+        for lesion in generate_phantom(seed, **SMALL, min_lesions=2).lesion_list
+    ]
+    assert default.count("liver") > len(default) / 2
+
+
+def test_cli_lesion_organs_reach_the_phantom(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["phantom", str(out), "--size", "64x64", "--slices", "8", "--spacing", "5.5,6"]
+    assert main([*args, "--lesions", "2", "--lesion-organs", "0,1,0"]) == 0
+    assert "spleen" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--overwrite", "--lesion-organs", "1,2"])
+    assert exited.value.code == 2
+    assert "LIVER,SPLEEN,KIDNEY" in capsys.readouterr().err
 
 
 def test_written_phantom_loads_and_seg_truth_is_aligned(tmp_path: Path) -> None:
