@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from medseg.durable import write_with
 from medseg.errors import ConfigError, ModelError
 from medseg.model.config import Sam2UnetConfig, resolve_config
 from medseg.model.sam2unet import SAM2UNet
@@ -96,7 +97,7 @@ def save_checkpoint(
     config_name: str | None = None,
     **extra: Any,
 ) -> None:
-    """Write a self-describing checkpoint atomically (temp file, then rename)."""
+    """Write a self-describing checkpoint atomically and durably (``medseg.durable``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -107,6 +108,4 @@ def save_checkpoint(
         "model": model.state_dict(),
         **extra,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    write_with(path, lambda handle: torch.save(payload, handle))

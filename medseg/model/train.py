@@ -115,17 +115,20 @@ def dice_on_sets(model: SAM2UNet, sets: list[SliceSet], card: ModelCard, batch: 
     return float(np.mean(scores)) if scores else 1.0
 
 
-def _gather(sets: list[SliceSet], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Copies of the slices at global indices ``idx`` across ``sets``.
+def _slice_index(sets: list[SliceSet]) -> list[tuple[SliceSet, int]]:
+    """(series, slice) for every global slice number, built once per run.
 
     The series stay separate arrays: concatenating them would double peak memory (about
     8 GB for a hundred 40-slice series at 352x352).
     """
-    offsets = np.cumsum([0] + [len(s.images) for s in sets])
-    which = np.searchsorted(offsets, idx, side="right") - 1
-    pairs = [(sets[w], int(i - offsets[w])) for w, i in zip(which, idx, strict=True)]
-    images = np.stack([s.images[i] for s, i in pairs])
-    masks = np.stack([s.masks[i] for s, i in pairs])
+    return [(s, i) for s in sets for i in range(len(s.images))]
+
+
+def _gather(index: list[tuple[SliceSet, int]], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the slices at global numbers ``idx``."""
+    picked = [index[i] for i in idx]
+    images = np.stack([s.images[i] for s, i in picked])
+    masks = np.stack([s.masks[i] for s, i in picked])
     return images, masks
 
 
@@ -172,7 +175,8 @@ def _train(options: TrainOptions) -> TrainResult:
     train_sets, val_sets = split_series(sets, options.val_fraction, options.seed)
     del sets
     weights = sampling_weights(train_sets, options.lesion_share)
-    n_slices = len(weights)
+    slices = _slice_index(train_sets)
+    n_slices = len(slices)
     n_lesion = int(sum(s.lesion_slices.sum() for s in train_sets))
     log.info(
         "%d training series (%d slices, %d with lesion), %d validation series",
@@ -233,7 +237,7 @@ def _train(options: TrainOptions) -> TrainResult:
         )
         for _ in bar:
             idx = rng.choice(n_slices, size=options.batch_size, p=weights)
-            x_np, y_np = _gather(train_sets, idx)
+            x_np, y_np = _gather(slices, idx)
             _flip_batch(x_np, y_np, rng)
             x = torch.from_numpy(to_model_input(x_np, card))
             y = torch.from_numpy(y_np)[:, None]

@@ -194,13 +194,13 @@ def test_batches_gather_the_right_slices_across_series():
     import numpy as np
 
     from medseg.model.data import SliceSet
-    from medseg.model.train import _gather
+    from medseg.model.train import _gather, _slice_index
 
     sets = [
         SliceSet(str(k), np.full((n, 2, 2), k, np.float32), np.full((n, 2, 2), -k, np.float32))
         for k, n in ((1, 3), (2, 1), (3, 4))
     ]
-    images, masks = _gather(sets, np.array([0, 3, 4, 7, 2]))
+    images, masks = _gather(_slice_index(sets), np.array([0, 3, 4, 7, 2]))
     assert images[:, 0, 0].tolist() == [1, 2, 3, 3, 1]
     assert masks[:, 0, 0].tolist() == [-1, -2, -3, -3, -1]
     images[0] = 99  # a copy: the data set is untouched

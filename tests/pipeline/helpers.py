@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ from pydicom.uid import CTImageStorage, generate_uid
 
 from medseg.dicom.volume import SourceFrame, Volume
 from medseg.modelcard import IMAGENET_MEAN, IMAGENET_STD, ModelCard
-from tests.tiny_models import bright_layers, save_checked
+from tests.tiny_models import bright_layers, make_bright_model, save_checked
 
 
 def make_volume(
@@ -75,3 +77,17 @@ def bright_logits(batch_nchw: np.ndarray, gain: float = 40.0, level: float = 0.5
     """What the bright test models compute, in numpy: (N, 1, H, W)."""
     intensity = batch_nchw[:, :1] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
     return (gain * (intensity - level)).astype(np.float32)
+
+
+@contextmanager
+def bright_engine(folder: Path, size: tuple[int, int]) -> Iterator[tuple[object, ModelCard]]:
+    """A one-thread ONNX Runtime engine on a fresh bright-pixel model, closed afterwards."""
+    from medseg.engine import open_engine
+
+    path = folder / "bright.onnx"
+    card = make_bright_model(path, size=size)
+    opened = open_engine(path, card, threads=1)
+    try:
+        yield opened, card
+    finally:
+        opened.close()

@@ -12,12 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.engine import open_engine
 from medseg.errors import ConfigError, PromptError
 from medseg.pipeline import SegmentOptions, segment_volume
 from medseg.prompts import BoxPrompt, PointPrompt, plan_prompts
-from tests.pipeline.helpers import make_volume
-from tests.tiny_models import make_bright_model
+from tests.pipeline.helpers import bright_engine, make_volume
 
 SHAPE = (4, 16, 16)  # slices, rows, cols
 
@@ -31,11 +29,8 @@ def _volume():
 
 @pytest.fixture
 def engine(tmp_path: Path):
-    path = tmp_path / "bright.onnx"
-    card = make_bright_model(path, size=(32, 32))
-    opened = open_engine(path, card, threads=1)
-    yield opened, card
-    opened.close()
+    with bright_engine(tmp_path, (32, 32)) as opened:
+        yield opened
 
 
 def _run(engine, prompts, **options) -> np.ndarray:

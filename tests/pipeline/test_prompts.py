@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg.engine import open_engine
 from medseg.errors import PromptError
 from medseg.pipeline import SegmentOptions, segment_volume
 from medseg.prompts import BoxPrompt, PointPrompt, parse_box, parse_point, plan_prompts
-from tests.pipeline.helpers import balls, make_volume
-from tests.tiny_models import make_bright_model
+from tests.pipeline.helpers import balls, bright_engine, make_volume
 
 SHAPE = (12, 64, 80)  # slices, rows, cols
 CENTRES = [(6, 20, 20), (6, 40, 58)]  # two bright balls (k, j, i)
@@ -90,11 +88,8 @@ def test_no_prompt_plans_every_whole_slice() -> None:
 
 @pytest.fixture
 def engine(tmp_path: Path):
-    path = tmp_path / "bright.onnx"
-    card = make_bright_model(path, size=(64, 64))
-    opened = open_engine(path, card, threads=1)
-    yield opened, card
-    opened.close()
+    with bright_engine(tmp_path, (64, 64)) as opened:
+        yield opened
 
 
 def _run(engine, prompts, **options) -> np.ndarray:

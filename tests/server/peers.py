@@ -27,6 +27,17 @@ STORESCP = "/usr/bin/storescp"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
+def run_medseg(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``python -m medseg ARGS`` to completion, from the checkout, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "medseg", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=timeout,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

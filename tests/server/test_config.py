@@ -8,7 +8,7 @@ import pytest
 
 from medseg.errors import ConfigError
 from medseg.server.config import default_config_path, load_config, parse_config
-from tests.server.peers import REPO_ROOT
+from tests.server.peers import REPO_ROOT, run_medseg
 
 
 @pytest.mark.parametrize("name", ["default.toml", "orthanc.toml", "tls.toml", "redis.toml"])
@@ -92,18 +92,9 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_cli_reports_bad_config_in_one_line(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     bad = tmp_path / "bad.toml"
     bad.write_text('[queue]\nbackend = "rabbit"\n')
-    result = subprocess.run(
-        [sys.executable, "-m", "medseg", "serve", "-c", str(bad)],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=60,
-    )
+    result = run_medseg("serve", "-c", str(bad))
     assert result.returncode == 3
     assert "queue.backend" in result.stderr
     assert "Traceback" not in result.stderr

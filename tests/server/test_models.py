@@ -27,6 +27,7 @@ from tests.server.peers import (
     free_port,
     log_text,
     port_open,
+    run_medseg,
     storescu,
     wait_until,
     write_ct,
@@ -76,13 +77,7 @@ def test_model_error_fails_the_job_at_once_and_shows_in_status(
     state = status(path)
     assert state["jobs"]["failed"] == 1 and state["jobs"]["queued"] == 0
     assert expected in state["last_errors"][0]["error"]
-    text = subprocess.run(
-        [sys.executable, "-m", "medseg", "status", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=60,
-    ).stdout
+    text = run_medseg("status", "-c", str(path)).stdout
     assert "failed 1" in text and expected in text
 
 
@@ -121,8 +116,7 @@ def test_broken_model_stops_the_service_at_start(
         "no-backend": {"backend": "aidlite"},
     }[problem]
     path, config = server_config(model=model)
-    args = [sys.executable, "-m", "medseg", command, "-c", str(path)]
-    result = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
+    result = run_medseg(command, "-c", str(path))
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -324,13 +318,7 @@ def test_status_shows_queue_jobs_errors_and_backlog(
         60,
         "the first delivery attempt",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "medseg", "status", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=60,
-    )
+    result = run_medseg("status", "-c", str(path))
     assert result.returncode == 0, result.stderr
     text = result.stdout
     head = {line.split(maxsplit=1)[0]: line for line in text.splitlines() if line[:1] != " "}

@@ -7,7 +7,6 @@ import resource
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from medseg.server.config import ServerConfig
 from medseg.server.jobstore import SqliteJobStore
 from tests.dicom.series_factory import WrittenSeries
 from tests.server.peers import (
-    REPO_ROOT,
     CountingReceiver,
     Processes,
     bright_cube,
@@ -31,6 +29,7 @@ from tests.server.peers import (
     log_text,
     make_slow_model,
     port_open,
+    run_medseg,
     storescu,
     wait_until,
     write_ct,
@@ -38,13 +37,7 @@ from tests.server.peers import (
 
 
 def status(config_path: Path) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-m", "medseg", "status", "-c", str(config_path), "--json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO_ROOT,
-        timeout=60,
-    )
+    result = run_medseg("status", "-c", str(config_path), "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
