@@ -52,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0.5,
         help="share of sampled slices that contain lesion",
     )
+    parser.add_argument(
+        "--crop",
+        type=int,
+        help="train on square crops of this many model pixels (multiple of 32), lesion-centred",
+    )
+    parser.add_argument(
+        "--crop-epochs", type=int, help="epochs on crops before whole slices (default: all)"
+    )
     parser.add_argument("--window", help="CT window for preprocessing (default: the card's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
@@ -86,6 +94,8 @@ def run_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         steps_per_epoch=args.steps_per_epoch,
         lesion_share=args.lesion_share,
+        crop=args.crop,
+        crop_epochs=args.crop_epochs,
         window=args.window,
         seed=args.seed,
         threads=args.threads,

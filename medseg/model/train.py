@@ -54,6 +54,8 @@ class TrainOptions:
     weight_decay: float = 1e-4
     steps_per_epoch: int | None = None
     lesion_share: float = 0.5
+    crop: int | None = None  # train the first crop_epochs epochs on square crops this size
+    crop_epochs: int | None = None  # default: every epoch
     window: str | None = None
     seed: int = 0
     threads: int | None = None
@@ -68,6 +70,10 @@ class TrainOptions:
             raise ConfigError("--steps-per-epoch must be at least 1")
         if not 0.0 < self.lesion_share < 1.0:
             raise ConfigError("--lesion-share must lie in (0, 1)")
+        if self.crop is not None and self.crop < 32:
+            raise ConfigError("--crop must be at least 32 pixels")
+        if self.crop_epochs is not None and not 1 <= self.crop_epochs <= self.epochs:
+            raise ConfigError("--crop-epochs must lie in [1, --epochs]")
         if self.init is None and self.config is None:
             raise ConfigError("training from scratch (--init none) needs --config")
 
@@ -141,6 +147,49 @@ def _flip_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator)
                 masks[i] = np.flip(masks[i], axis=axis - 1)
 
 
+def _crop_batch(
+    images: np.ndarray, masks: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Square crops, each around a random lesion pixel when its slice has lesion.
+
+    A 192-pixel crop costs about a third of a 352-pixel slice, so the same minutes see three
+    times the lesions; the last epochs run on whole slices so the network ends on the
+    geometry (and position embedding) it is served with.
+    """
+    n, rows, cols = images.shape
+    out_images = np.empty((n, size, size), dtype=images.dtype)
+    out_masks = np.empty((n, size, size), dtype=masks.dtype)
+    for i in range(n):
+        ys, xs = np.nonzero(masks[i] >= 0.5)
+        if len(ys):
+            pick = int(rng.integers(len(ys)))
+            top = _crop_start(int(ys[pick]), rows, size, rng)
+            left = _crop_start(int(xs[pick]), cols, size, rng)
+        else:
+            top = int(rng.integers(rows - size + 1))
+            left = int(rng.integers(cols - size + 1))
+        out_images[i] = images[i, top : top + size, left : left + size]
+        out_masks[i] = masks[i, top : top + size, left : left + size]
+    return out_images, out_masks
+
+
+def _crop_start(inside: int, length: int, size: int, rng: np.random.Generator) -> int:
+    """A random crop start in [0, length - size] whose crop covers pixel ``inside``."""
+    return int(rng.integers(max(0, inside - size + 1), min(length - size, inside) + 1))
+
+
+def _check_crop(crop: int | None, model: SAM2UNet, input_size: tuple[int, int]) -> None:
+    """Refuse a crop the trunk cannot take before any time is spent loading or training."""
+    if crop is None:
+        return
+    step = 4 * model.config.window_spec[0]  # patch stride x first window: the pos-embed tile
+    if crop % step or crop >= min(input_size):
+        raise ConfigError(
+            f"--crop {crop}: must be a multiple of {step} and smaller than the "
+            f"{input_size[0]}x{input_size[1]} model input"
+        )
+
+
 def _build_model(options: TrainOptions) -> tuple[SAM2UNet, str | None]:
     if options.init is None:
         config = options.config
@@ -166,6 +215,8 @@ def _train(options: TrainOptions) -> TrainResult:
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
     card = ModelCard(name="training")  # the default input contract the exported card keeps
+    model, config_name = _build_model(options)
+    _check_crop(options.crop, model, card.input_size)
 
     pairs = find_pairs(options.data)
     sets = [
@@ -186,7 +237,6 @@ def _train(options: TrainOptions) -> TrainResult:
         len(val_sets),
     )
 
-    model, config_name = _build_model(options)
     if options.init is None and not options.unfreeze_encoder:
         log.warning("random initial weights with a frozen encoder: consider --unfreeze-encoder")
     if not options.unfreeze_encoder:
@@ -222,6 +272,8 @@ def _train(options: TrainOptions) -> TrainResult:
         "series_train": len(train_sets),
         "series_val": len(val_sets),
         "slices_train": n_slices,
+        "crop": options.crop,
+        "crop_epochs": (options.crop_epochs or options.epochs) if options.crop else None,
         "seed": options.seed,
         "command": options.command,
     }
@@ -235,10 +287,13 @@ def _train(options: TrainOptions) -> TrainResult:
             disable=not options.progress,
             leave=False,
         )
+        crop = options.crop if epoch < (options.crop_epochs or options.epochs) else None
         for _ in bar:
             idx = rng.choice(n_slices, size=options.batch_size, p=weights)
             x_np, y_np = _gather(slices, idx)
             _flip_batch(x_np, y_np, rng)
+            if crop is not None:
+                x_np, y_np = _crop_batch(x_np, y_np, crop, rng)
             x = torch.from_numpy(to_model_input(x_np, card))
             y = torch.from_numpy(y_np)[:, None]
             loss = deep_supervision_loss(model(x), y)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from medseg.cli import main
-from medseg.errors import DicomInputError
+from medseg.errors import ConfigError, DicomInputError
 from medseg.model.checkpoint import load_checkpoint, read_checkpoint_file
 from medseg.model.data import find_pairs
 from medseg.model.losses import structure_loss
-from medseg.model.train import TrainOptions, last_path, train
+from medseg.model.train import TrainOptions, _crop_batch, last_path, train
 from tests.dicom.series_factory import write_series
 from tests.model.toy_data import toy_volume, write_toy_pair
 
@@ -89,6 +90,71 @@ def test_training_smoke_run_lowers_the_loss_and_resumes(toy_data, tmp_path):
     state = read_checkpoint_file(last_path(options.output))
     assert state["epoch"] == 2
     assert state["scheduler"]["T_max"] == 3 * options.steps_per_epoch  # stretched cosine
+
+
+def test_lesion_slices_are_cropped_around_their_lesion_and_empty_ones_anywhere():
+    rng = np.random.default_rng(0)
+    images = rng.random((40, 96, 96), dtype=np.float32)
+    masks = np.zeros_like(images)
+    for i in range(20):  # one small lesion per slice, some at the very edge
+        y, x = rng.integers(0, 94, size=2)
+        masks[i, y : y + 3, x : x + 3] = 1.0
+    crops, crop_masks = _crop_batch(images, masks, 32, rng)
+    assert crops.shape == crop_masks.shape == (40, 32, 32)
+    assert all(crop_masks[i].max() == 1.0 for i in range(20))
+    assert not crop_masks[20:].any()
+    for i in range(40):  # each crop is a window of its own slice, image and mask alike
+        y, x = np.argwhere(images[i] == crops[i, 0, 0])[0]
+        assert np.array_equal(images[i, y : y + 32, x : x + 32], crops[i])
+        assert np.array_equal(masks[i, y : y + 32, x : x + 32], crop_masks[i])
+    starts = {tuple(np.argwhere(images[i] == crops[i, 0, 0])[0]) for i in range(20, 40)}
+    assert len(starts) > 10  # empty slices are not always cropped at the same place
+
+
+@pytest.mark.parametrize(
+    ("crop", "crop_epochs", "message"),
+    [(16, None, "at least 32"), (96, 3, "crop-epochs"), (96, 0, "crop-epochs")],
+)
+def test_crop_options_are_checked_when_given(tmp_path, crop, crop_epochs, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainOptions(
+            data=tmp_path, output=tmp_path / "o.pth", config="phantom", epochs=2,
+            crop=crop, crop_epochs=crop_epochs,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("crop", [100, 352, 480])
+def test_a_crop_the_trunk_cannot_take_is_refused_before_loading_data(tmp_path, crop, capsys):
+    args = ["train", "--data", str(tmp_path), "--init", "none", "--config", "phantom"]
+    code = main([*args, "-o", str(tmp_path / "o.pth"), "--crop", str(crop)])
+    assert code == 3
+    assert "multiple of 32 and smaller than the 352x352" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_training_on_crops_then_whole_slices_records_it_and_lowers_the_loss(toy_data, tmp_path):
+    root, _ = toy_data
+    options = TrainOptions(
+        data=root,
+        output=tmp_path / "crop.pth",
+        config="phantom",
+        unfreeze_encoder=True,
+        epochs=3,
+        crop=96,
+        crop_epochs=2,
+        steps_per_epoch=6,
+        batch_size=2,
+        val_fraction=0.25,
+        progress=False,
+        seed=1,
+        threads=1,
+    )
+    result = train(options)
+    first, second, whole = result.history  # losses on crops and on slices do not compare
+    assert second.mean_loss < first.mean_loss
+    assert whole.val_dice is not None
+    training = load_checkpoint(last_path(options.output)).extra["training"]
+    assert (training["crop"], training["crop_epochs"]) == (96, 2)
 
 
 @pytest.mark.slow
