@@ -77,6 +77,11 @@ class TrainOptions:
         if self.init is None and self.config is None:
             raise ConfigError("training from scratch (--init none) needs --config")
 
+    @property
+    def crop_epoch_count(self) -> int:
+        """How many leading epochs train on crops (0 without --crop)."""
+        return (self.crop_epochs or self.epochs) if self.crop else 0
+
 
 @dataclass(frozen=True)
 class EpochRecord:
@@ -273,7 +278,7 @@ def _train(options: TrainOptions) -> TrainResult:
         "series_val": len(val_sets),
         "slices_train": n_slices,
         "crop": options.crop,
-        "crop_epochs": (options.crop_epochs or options.epochs) if options.crop else None,
+        "crop_epochs": options.crop_epoch_count or None,
         "seed": options.seed,
         "command": options.command,
     }
@@ -287,7 +292,7 @@ def _train(options: TrainOptions) -> TrainResult:
             disable=not options.progress,
             leave=False,
         )
-        crop = options.crop if epoch < (options.crop_epochs or options.epochs) else None
+        crop = options.crop if epoch < options.crop_epoch_count else None
         for _ in bar:
             idx = rng.choice(n_slices, size=options.batch_size, p=weights)
             x_np, y_np = _gather(slices, idx)

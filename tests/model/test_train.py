@@ -12,9 +12,16 @@ import torch
 from medseg.cli import main
 from medseg.errors import ConfigError, DicomInputError
 from medseg.model.checkpoint import load_checkpoint, read_checkpoint_file
-from medseg.model.data import find_pairs
+from medseg.model.data import SliceSet, find_pairs, sampling_weights
 from medseg.model.losses import structure_loss
-from medseg.model.train import TrainOptions, _crop_batch, last_path, train
+from medseg.model.train import (
+    TrainOptions,
+    _crop_batch,
+    _gather,
+    _slice_index,
+    last_path,
+    train,
+)
 from tests.dicom.series_factory import write_series
 from tests.model.toy_data import toy_volume, write_toy_pair
 
@@ -60,23 +67,27 @@ def test_structure_loss_weighs_boundary_errors_more_than_interior_ones():
     assert structure_loss(edge, mask) > structure_loss(inner, mask)
 
 
+def _scratch_options(root, output, **changes) -> TrainOptions:
+    """A few seeded single-thread steps of `phantom` from random weights on the toy set."""
+    fields = {
+        "config": "phantom",
+        "init": None,
+        "unfreeze_encoder": True,
+        "epochs": 2,
+        "steps_per_epoch": 6,
+        "batch_size": 2,
+        "val_fraction": 0.25,
+        "progress": False,
+        "seed": 1,
+        "threads": 1,
+    }
+    return TrainOptions(data=root, output=output, **{**fields, **changes})
+
+
 @pytest.mark.slow
 def test_training_smoke_run_lowers_the_loss_and_resumes(toy_data, tmp_path):
     root, _ = toy_data
-    options = TrainOptions(
-        data=root,
-        output=tmp_path / "best.pth",
-        config="phantom",
-        init=None,
-        unfreeze_encoder=True,
-        epochs=2,
-        steps_per_epoch=6,
-        batch_size=2,
-        val_fraction=0.25,
-        progress=False,
-        seed=1,
-        threads=1,
-    )
+    options = _scratch_options(root, tmp_path / "best.pth")
     result = train(options)
     first, second = result.history
     assert second.mean_loss < first.mean_loss
@@ -134,21 +145,7 @@ def test_a_crop_the_trunk_cannot_take_is_refused_before_loading_data(tmp_path, c
 @pytest.mark.slow
 def test_training_on_crops_then_whole_slices_records_it_and_lowers_the_loss(toy_data, tmp_path):
     root, _ = toy_data
-    options = TrainOptions(
-        data=root,
-        output=tmp_path / "crop.pth",
-        config="phantom",
-        unfreeze_encoder=True,
-        epochs=3,
-        crop=96,
-        crop_epochs=2,
-        steps_per_epoch=6,
-        batch_size=2,
-        val_fraction=0.25,
-        progress=False,
-        seed=1,
-        threads=1,
-    )
+    options = _scratch_options(root, tmp_path / "crop.pth", epochs=3, crop=96, crop_epochs=2)
     result = train(options)
     first, second, whole = result.history  # losses on crops and on slices do not compare
     assert second.mean_loss < first.mean_loss
@@ -230,20 +227,12 @@ def test_separable_boundary_weight_equals_the_31x31_average_pool_definition():
 
 
 def _slice_set(masks):
-    import numpy as np
-
-    from medseg.model.data import SliceSet
-
     masks = np.asarray(masks, dtype=np.float32)
     return SliceSet("1.2.3", np.zeros_like(masks), masks)
 
 
 def test_sampling_gives_lesion_slices_their_share_and_copes_with_no_lesion():
     """Lesion slices (mask >= 0.5) share ``lesion_share`` of the draws, empty ones the rest."""
-    import numpy as np
-
-    from medseg.model.data import sampling_weights
-
     masks = np.zeros((8, 6, 6), dtype=np.float32)
     masks[0:4, 1:4, 1:4] = 1.0  # lesion on slices 0-3
     masks[6, 4, 4] = 0.4  # a soft edge below 0.5: not lesion
@@ -257,11 +246,6 @@ def test_sampling_gives_lesion_slices_their_share_and_copes_with_no_lesion():
 
 
 def test_batches_gather_the_right_slices_across_series():
-    import numpy as np
-
-    from medseg.model.data import SliceSet
-    from medseg.model.train import _gather, _slice_index
-
     sets = [
         SliceSet(str(k), np.full((n, 2, 2), k, np.float32), np.full((n, 2, 2), -k, np.float32))
         for k, n in ((1, 3), (2, 1), (3, 4))
