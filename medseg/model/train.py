@@ -74,6 +74,8 @@ class TrainOptions:
             raise ConfigError("--crop must be at least 32 pixels")
         if self.crop_epochs is not None and not 1 <= self.crop_epochs <= self.epochs:
             raise ConfigError("--crop-epochs must lie in [1, --epochs]")
+        if self.crop_epochs is not None and self.crop is None:
+            raise ConfigError("--crop-epochs needs --crop")
         if self.init is None and self.config is None:
             raise ConfigError("training from scratch (--init none) needs --config")
 

@@ -124,7 +124,12 @@ def test_lesion_slices_are_cropped_around_their_lesion_and_empty_ones_anywhere()
 
 @pytest.mark.parametrize(
     ("crop", "crop_epochs", "message"),
-    [(16, None, "at least 32"), (96, 3, "crop-epochs"), (96, 0, "crop-epochs")],
+    [
+        (16, None, "at least 32"),
+        (96, 3, "crop-epochs"),
+        (96, 0, "crop-epochs"),
+        (None, 1, "--crop-epochs needs --crop"),
+    ],
 )
 def test_crop_options_are_checked_when_given(tmp_path, crop, crop_epochs, message):
     with pytest.raises(ConfigError, match=message):
