@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--crop",
         type=int,
-        help="train on square crops of this many model pixels (multiple of 32), lesion-centred",
+        help="train on square crops of this many model pixels, lesion-centred (a multiple of "
+        "4 x the first window: 32 for the named configs)",
     )
     parser.add_argument(
         "--crop-epochs", type=int, help="epochs on crops before whole slices (default: all)"
