@@ -30,6 +30,9 @@ class SpoolFullError(OutputError):
     """The spool cannot take the instance (disk full, below the free-space reserve, I/O error)."""
 
 
+DATABASE_NAME = "medseg.db"
+
+
 class Spool:
     """The spool folder: received series, outbox, databases."""
 
@@ -55,7 +58,7 @@ class Spool:
 
     @property
     def database(self) -> Path:
-        return self.root / "medseg.db"
+        return self.root / DATABASE_NAME
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
         study = checked_uid(study_uid, "StudyInstanceUID")

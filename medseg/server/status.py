@@ -5,8 +5,10 @@ per-destination delivery backlog, series by state. Read-only; works while the se
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
+from medseg.errors import ConfigError
 from medseg.server.completion import SeriesTracker
 from medseg.server.config import ServerConfig
 from medseg.server.jobs import (
@@ -20,10 +22,21 @@ from medseg.server.jobs import (
 )
 from medseg.server.queue import JobQueue
 from medseg.server.service import open_spool, open_store
+from medseg.server.spool import DATABASE_NAME
 
 
 def collect_status(config: ServerConfig, *, errors: int = 5) -> dict[str, Any]:
-    """A JSON-ready snapshot of the service's state (UIDs, never patient identifiers)."""
+    """A JSON-ready snapshot of the service's state (UIDs, never patient identifiers).
+
+    Read-only: a spool that does not exist yet is reported as an error, not created, so a
+    mistyped ``-c`` never leaves an empty spool and database behind.
+    """
+    database = Path(config.spool_dir) / DATABASE_NAME
+    if config.queue.backend != "redis" and not database.is_file():
+        raise ConfigError(
+            f"no spool database at {database}: 'medseg serve' has not run with this "
+            "configuration (check -c and [storage] spool)"
+        )
     spool = open_spool(config)
     store = open_store(config, spool)
     try:

@@ -292,6 +292,18 @@ def test_default_config_needs_the_bundled_model_then_runs(procs: Processes, tmp_
 # -- 7. `medseg status` for an administrator -------------------------------------------------
 
 
+def test_status_before_the_first_serve_says_so_and_creates_nothing(
+    server_config: Callable, tmp_path: Path
+) -> None:
+    path, config = server_config()
+    result = run_medseg("status", "-c", str(path))
+    assert result.returncode == 3
+    assert "'medseg serve' has not run with this configuration" in result.stderr
+    assert str(config.spool_dir / "medseg.db") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not config.spool_dir.exists()
+
+
 @pytest.mark.slow
 def test_status_shows_queue_jobs_errors_and_backlog(
     running: Callable, server_config: Callable, tmp_path: Path
