@@ -5,7 +5,6 @@ per-destination delivery backlog, series by state. Read-only; works while the se
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from medseg.errors import ConfigError
@@ -31,7 +30,7 @@ def collect_status(config: ServerConfig, *, errors: int = 5) -> dict[str, Any]:
     Read-only: a spool that does not exist yet is reported as an error, not created, so a
     mistyped ``-c`` never leaves an empty spool and database behind.
     """
-    database = Path(config.spool_dir) / DATABASE_NAME
+    database = config.spool_dir / DATABASE_NAME
     if config.queue.backend != "redis" and not database.is_file():
         raise ConfigError(
             f"no spool database at {database}: 'medseg serve' has not run with this "
