@@ -8,6 +8,7 @@ last suffix replaced by ``.json``), so a different model can declare a different
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from medseg.errors import ConfigError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+FLIP_AXES = ("horizontal", "vertical")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ class ModelCard:
     ``input_size`` is (height, width). ``layout`` is the tensor layout the model file
     takes: engines always receive NCHW and transpose for NHWC models (e.g. QNN context
     binaries from a model zoo). ``batch`` is None for a dynamic batch axis, else the fixed
-    batch size the file was compiled for.
+    batch size the file was compiled for. ``slice_context_mm`` 0 replicates one slice into
+    every channel; d > 0 gives the channels the series at -d, 0, +d mm (2.5-D input).
     """
 
     name: str
@@ -64,6 +67,8 @@ class ModelCard:
     default_ct_window: str = "abdomen"
     mr_percentiles: tuple[float, float] = (0.5, 99.5)
     quantized: bool = False
+    test_time_flips: tuple[str, ...] = ()
+    slice_context_mm: float = 0.0
     intended_use: str = "research only, not for clinical use"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +87,8 @@ class ModelCard:
             raise ConfigError(f"model card {self.name}: threshold must lie in (0, 1)")
         if not self.segments:
             raise ConfigError(f"model card {self.name}: at least one segment is required")
+        check_flips(self.test_time_flips, f"model card {self.name}: test_time_flips")
+        check_slice_context(self.slice_context_mm, self.channels, f"model card {self.name}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
@@ -92,7 +99,7 @@ class ModelCard:
         if "name" not in data:
             raise ConfigError("model card: 'name' is required")
         values = dict(data)
-        for key in ("input_size", "mean", "std", "mr_percentiles"):
+        for key in ("input_size", "mean", "std", "mr_percentiles", "test_time_flips"):
             if key in values:
                 values[key] = tuple(values[key])
         if "segments" in values:
@@ -117,6 +124,23 @@ class ModelCard:
 
     def save(self, path: Path) -> None:
         write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def check_slice_context(context_mm: float, channels: int, what: str) -> None:
+    """Slice context is a finite distance >= 0 mm; > 0 fills exactly three channels."""
+    if not math.isfinite(context_mm) or context_mm < 0:
+        raise ConfigError(f"{what}: slice_context_mm must be a finite value >= 0, got {context_mm}")
+    if context_mm > 0 and channels != 3:
+        raise ConfigError(
+            f"{what}: slice_context_mm needs 3 input channels (-d, 0, +d mm), the model has "
+            f"{channels}"
+        )
+
+
+def check_flips(flips: tuple[str, ...], what: str) -> None:
+    """Test-time flips name distinct axes from ``FLIP_AXES``."""
+    if any(f not in FLIP_AXES for f in flips) or len(set(flips)) != len(flips):
+        raise ConfigError(f"{what} must be distinct values of {', '.join(FLIP_AXES)}, got {flips}")
 
 
 def _segment_from_dict(data: dict[str, Any]) -> SegmentSpec:

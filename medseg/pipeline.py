@@ -24,9 +24,16 @@ from medseg.dicom.volume import Volume
 from medseg.engine import open_engine
 from medseg.engine.base import Engine
 from medseg.errors import ConfigError, ModelError, PromptError
-from medseg.modelcard import ModelCard, default_model_path, load_card_for
+from medseg.modelcard import ModelCard, check_flips, default_model_path, load_card_for
 from medseg.postprocess import CleanupOptions, clean_mask, threshold, to_probabilities
-from medseg.preprocess import IntensityWindow, preprocess_slices, resolve_window
+from medseg.preprocess import (
+    IntensityWindow,
+    blend_taps,
+    context_taps,
+    preprocess_slices,
+    renormalise_channels,
+    resolve_window,
+)
 from medseg.prompts import (
     Prompt,
     PromptPlan,
@@ -55,6 +62,7 @@ class SegmentOptions:
     providers: tuple[str, ...] = ()
     window: str = "auto"
     threshold: float | None = None
+    test_time_flips: tuple[str, ...] | None = None
     prompts: tuple[Prompt, ...] = ()
     series_uid: str | None = None
     min_component_mm3: float = 0.0
@@ -71,6 +79,8 @@ class SegmentOptions:
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ConfigError(f"threshold must lie in (0, 1), got {self.threshold}")
+        if self.test_time_flips is not None:
+            check_flips(self.test_time_flips, "test-time flips")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.batch_size < 1:
@@ -185,14 +195,55 @@ def _batches(tiles: Sequence[Tile], size: int) -> Iterator[list[Tile]]:
 
 
 def _prepare(
-    voxels: np.ndarray, batch: list[Tile], window: IntensityWindow, card: ModelCard
+    voxels: np.ndarray,
+    batch: list[Tile],
+    window: IntensityWindow,
+    card: ModelCard,
+    slice_spacing: float,
 ) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
+    if card.slice_context_mm > 0:
+        return _prepare_with_context(voxels, batch, window, card, slice_spacing), (
+            time.perf_counter() - start
+        )
     if all(t.shape == voxels.shape[1:] for t in batch):  # whole slices: no copy per tile
         crops = voxels[[t.k for t in batch]]
     else:
         crops = np.stack([voxels[t.k, t.r0 : t.r1, t.c0 : t.c1] for t in batch])
     return preprocess_slices(crops, window, card), time.perf_counter() - start
+
+
+def _prepare_with_context(
+    voxels: np.ndarray,
+    batch: list[Tile],
+    window: IntensityWindow,
+    card: ModelCard,
+    slice_spacing: float,
+) -> np.ndarray:
+    """2.5-D input: each channel from its own slice(s), the same region as the tile.
+
+    Every slice region is windowed and resized once per batch, then blended exactly as
+    training blends its stored slices (``medseg.preprocess.blend_taps``).
+    """
+    taps = [context_taps(t.k, len(voxels), slice_spacing, card) for t in batch]
+    keys = sorted(
+        {
+            (j, t.r0, t.r1, t.c0, t.c1)
+            for t, tile_taps in zip(batch, taps, strict=True)
+            for lower, upper, _ in tile_taps
+            for j in (lower, upper)
+        }
+    )
+    row = {key: i for i, key in enumerate(keys)}
+    crops = np.stack([voxels[j, r0:r1, c0:c1] for j, r0, r1, c0, c1 in keys])
+    channel0 = preprocess_slices(crops, window, card)[:, 0]
+    planes = np.stack(
+        [
+            blend_taps(tile_taps, lambda j, t=t: channel0[row[(j, t.r0, t.r1, t.c0, t.c1)]])
+            for t, tile_taps in zip(batch, taps, strict=True)
+        ]
+    )
+    return renormalise_channels(planes, card)
 
 
 def _prefetched(
@@ -201,14 +252,36 @@ def _prefetched(
     batches: list[list[Tile]],
     window: IntensityWindow,
     card: ModelCard,
+    slice_spacing: float,
 ) -> Iterator[tuple[list[Tile], np.ndarray, float]]:
     """Yield (batch, tensor, seconds) while the next batch is already being prepared."""
     pending: Future[tuple[np.ndarray, float]] | None = None
     for index, batch in enumerate(batches):
-        current = pending or pool.submit(_prepare, voxels, batch, window, card)
+        args = (voxels, batch, window, card, slice_spacing)
+        current = pending or pool.submit(_prepare, *args)
         following = batches[index + 1] if index + 1 < len(batches) else None
-        pending = pool.submit(_prepare, voxels, following, window, card) if following else None
+        if following:
+            pending = pool.submit(_prepare, voxels, following, window, card, slice_spacing)
+        else:
+            pending = None
         yield (batch, *current.result())
+
+
+def _infer(engine: Engine, tensor: np.ndarray, flips: tuple[str, ...]) -> np.ndarray:
+    """The engine's output, averaged with its output on each flipped view (flipped back).
+
+    Averaging the logits of mirrored views is the cheapest ensemble there is: errors that
+    depend on where a structure sits in the image partly cancel, at one more run per flip.
+    """
+    output = engine.run(tensor)
+    if not flips:
+        return output
+    total = np.asarray(output, dtype=np.float32).copy()
+    for flip in flips:
+        axis = -1 if flip == "horizontal" else -2
+        mirrored = engine.run(np.ascontiguousarray(np.flip(tensor, axis=axis)))
+        total += np.flip(np.asarray(mirrored, dtype=np.float32), axis=axis)
+    return total / np.float32(len(flips) + 1)
 
 
 def _run_tiles(
@@ -219,6 +292,7 @@ def _run_tiles(
     plan: PromptPlan,
     batch_size: int,
     progress: bool,
+    flips: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Probabilities (slices, rows, cols) from running every tile; preprocessing of the
     next batch overlaps inference of the current one (numpy and ORT release the GIL)."""
@@ -230,10 +304,11 @@ def _run_tiles(
     unit = "slice" if plan.keep is None else "crop"
     bar = tqdm(total=len(plan.tiles), unit=unit, desc="segment", disable=not progress, leave=False)
     with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-prep") as pool:
-        for batch, tensor, prep_seconds in _prefetched(pool, volume.voxels, batches, window, card):
+        prepared = _prefetched(pool, volume.voxels, batches, window, card, volume.spacing[0])
+        for batch, tensor, prep_seconds in prepared:
             timings["preprocess"] += prep_seconds
             start = time.perf_counter()
-            output = engine.run(tensor)
+            output = _infer(engine, tensor, flips)
             timings["infer"] += time.perf_counter() - start
             start = time.perf_counter()
             if output.shape != (len(batch), 1, *card.input_size):
@@ -263,15 +338,17 @@ def segment_volume_result(
     plan = plan_prompts(
         options.prompts, volume, box_margin=options.box_margin, point_crop_mm=options.point_crop_mm
     )
+    flips = card.test_time_flips if options.test_time_flips is None else options.test_time_flips
     log.info(
-        "segmenting %d slices, %d tiles, window %s, engine %s",
+        "segmenting %d slices, %d tiles, window %s, engine %s, test-time flips %s",
         volume.shape[0],
         len(plan.tiles),
         window.source,
         engine.name,
+        ",".join(flips) or "none",
     )
     probabilities, timings = _run_tiles(
-        volume, engine, card, window, plan, options.batch_size, progress
+        volume, engine, card, window, plan, options.batch_size, progress, flips
     )
     start = time.perf_counter()
     if plan.keep is not None:

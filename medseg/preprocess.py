@@ -9,6 +9,7 @@ windowed like the whole slice. torch-free on purpose: the runtime path never imp
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -193,4 +194,66 @@ def preprocess_slices(slices: np.ndarray, window: IntensityWindow, card: ModelCa
     for channel, (mean, std) in enumerate(zip(card.mean, card.std, strict=True)):
         np.subtract(unit, np.float32(mean), out=out[:, channel])
         out[:, channel] *= np.float32(1.0 / std)
+    return out
+
+
+def context_taps(
+    k: int, n_slices: int, slice_spacing: float, card: ModelCard
+) -> tuple[tuple[int, int, float], ...]:
+    """Per input channel, where its image comes from: (lower slice, upper slice, weight).
+
+    Without slice context every channel is slice ``k`` itself. With ``slice_context_mm``
+    = d the channels are the series at -d, 0 and +d mm from slice ``k`` (2.5-D input: a
+    lesion persists over neighbouring slices, noise does not), linearly interpolated
+    between the two nearest slices and held at the first/last slice beyond the volume.
+    """
+    context = card.slice_context_mm
+    if context <= 0:
+        return ((k, k, 0.0),) * card.channels
+    if not slice_spacing > 0:
+        raise ConfigError(f"slice context needs a positive slice spacing, got {slice_spacing}")
+    taps = []
+    for offset in (-context, 0.0, context):
+        position = min(max(k + offset / slice_spacing, 0.0), n_slices - 1.0)
+        lower = int(np.floor(position))
+        weight = float(position - lower)
+        upper = min(lower + 1, n_slices - 1) if weight > 0 else lower
+        taps.append((lower, upper, weight if upper != lower else 0.0))
+    return tuple(taps)
+
+
+def blend_taps(
+    taps: tuple[tuple[int, int, float], ...], fetch: Callable[[int], np.ndarray]
+) -> np.ndarray:
+    """(C, H, W) channel images from ``fetch(slice)`` (channel 0 of preprocessed slices).
+
+    Blending after the window is what training does with its stored channel-0 slices, so
+    serving does the same. A whole-slice tap is an exact copy, not a weighted sum.
+    """
+    planes = []
+    for lower, upper, weight in taps:
+        if weight == 0.0:
+            planes.append(fetch(lower))
+        else:
+            planes.append(
+                np.float32(1.0 - weight) * fetch(lower) + np.float32(weight) * fetch(upper)
+            )
+    return np.stack(planes)
+
+
+def renormalise_channels(channel0: np.ndarray, card: ModelCard) -> np.ndarray:
+    """Images in channel 0's normalisation -> each channel in its own (card mean/std).
+
+    ``channel0`` is (n, H, W), replicated into every channel, or (n, C, H, W) with one
+    image per channel (slice context).
+    """
+    unit = channel0 * np.float32(card.std[0]) + np.float32(card.mean[0])
+    if channel0.ndim == 3:
+        out = np.empty((len(channel0), card.channels, *channel0.shape[1:]), dtype=np.float32)
+        for c, (mean, std) in enumerate(zip(card.mean, card.std, strict=True)):
+            out[:, c] = channel0 if c == 0 else (unit - np.float32(mean)) / np.float32(std)
+        return out
+    out = np.empty_like(channel0, dtype=np.float32)
+    for c, (mean, std) in enumerate(zip(card.mean, card.std, strict=True)):
+        out[:, c] = channel0[:, c] if c == 0 else (unit[:, c] - np.float32(mean)) / np.float32(std)
     return out

@@ -68,6 +68,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     export.add_argument("--threshold", type=float, default=0.5)
     export.add_argument(
+        "--slice-context",
+        type=float,
+        metavar="MM",
+        help="2.5-D input for the card (default: what the checkpoint was trained with)",
+    )
+    export.add_argument(
+        "--flips",
+        default="none",
+        metavar="AXES",
+        help="test-time flips the card asks for: 'none' (default), 'horizontal', 'vertical' "
+        "or 'horizontal,vertical'",
+    )
+    export.add_argument(
         "--note",
         action="append",
         default=[],
@@ -132,6 +145,12 @@ def run_export(args: argparse.Namespace) -> int:
         name=args.name or output.stem,
         version=args.model_version,
         threshold=args.threshold,
+        test_time_flips=tuple(f.strip() for f in args.flips.split(",") if f.strip() != "none"),
+        slice_context_mm=float(
+            training.get("slice_context_mm") or 0.0
+            if args.slice_context is None
+            else args.slice_context
+        ),
         default_ct_window=args.window or training.get("window") or "abdomen",
     )
     real = None

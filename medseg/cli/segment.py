@@ -74,6 +74,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--point-crop", type=float, default=64.0, metavar="MM", help="point crop size (64 mm)"
     )
     parser.add_argument("--threshold", type=float, help="probability threshold (default: card)")
+    parser.add_argument(
+        "--flips",
+        metavar="AXES",
+        help="test-time flips to average with: 'none', 'horizontal', 'vertical' or "
+        "'horizontal,vertical' (one more model run per flip; default: the card's)",
+    )
     parser.add_argument("--series", metavar="UID", help="the series to use if there are several")
     parser.add_argument(
         "--min-volume", type=float, default=0.0, metavar="MM3", help="drop smaller components"
@@ -110,6 +116,7 @@ def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazi
         providers=providers,
         window=args.window,
         threshold=args.threshold,
+        test_time_flips=_flips(args.flips),
         prompts=prompts,
         series_uid=args.series,
         min_component_mm3=args.min_volume,
@@ -123,6 +130,12 @@ def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazi
         point_crop_mm=args.point_crop,
         preview=args.preview,
     )
+
+
+def _flips(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(f.strip() for f in text.split(",") if f.strip() and f.strip() != "none")
 
 
 # Skipped files listed one per line on stderr up to this many (all of them with -v).

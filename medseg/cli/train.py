@@ -62,6 +62,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--crop-epochs", type=int, help="epochs on crops before whole slices (default: all)"
     )
     parser.add_argument("--window", help="CT window for preprocessing (default: the card's)")
+    parser.add_argument(
+        "--slice-context",
+        type=float,
+        default=0.0,
+        metavar="MM",
+        help="2.5-D input: the three channels are the series at -MM, 0, +MM mm (default 0: "
+        "one slice in every channel); the exported card keeps it",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--max-minutes", type=float, help="stop after this wall time")
@@ -98,6 +106,7 @@ def run_train(args: argparse.Namespace) -> int:
         crop=args.crop,
         crop_epochs=args.crop_epochs,
         window=args.window,
+        slice_context_mm=args.slice_context,
         seed=args.seed,
         threads=args.threads,
         max_minutes=args.max_minutes,

@@ -50,6 +50,19 @@ class SliceSet:
     series_uid: str
     images: np.ndarray
     masks: np.ndarray
+    slice_spacing: float = 0.0  # mm between slices, for slice context
+
+    def model_images(self, ks: np.ndarray | list[int], card: ModelCard) -> np.ndarray:
+        """Slices ``ks`` as stored (n, H, W), or with slice context (n, C, H, W), both in
+        channel 0's normalisation (``to_model_input`` finishes them)."""
+        if card.slice_context_mm <= 0:
+            return self.images[ks]
+        from medseg.preprocess import blend_taps, context_taps
+
+        n, fetch = len(self.images), self.images.__getitem__
+        return np.stack(
+            [blend_taps(context_taps(int(k), n, self.slice_spacing, card), fetch) for k in ks]
+        )
 
     @property
     def lesion_slices(self) -> np.ndarray:
@@ -121,16 +134,17 @@ def load_pair(pair: TrainingPair, card: ModelCard, window: str | None = None) ->
         [preprocess_slices(volume.voxels[i : i + 16], resolved, card)[:, 0] for i in chunks]
     )
     masks = resize_stack(mask.astype(np.float32), card.input_size)
-    return SliceSet(pair.series_uid, images, np.clip(masks, 0.0, 1.0))
+    return SliceSet(pair.series_uid, images, np.clip(masks, 0.0, 1.0), volume.spacing[0])
 
 
 def to_model_input(channel0: np.ndarray, card: ModelCard) -> np.ndarray:
-    """(n, H, W) channel 0 -> (n, C, H, W): undo channel 0's normalisation, redo per channel."""
-    unit = channel0 * np.float32(card.std[0]) + np.float32(card.mean[0])
-    out = np.empty((len(channel0), card.channels, *channel0.shape[1:]), dtype=np.float32)
-    for c, (mean, std) in enumerate(zip(card.mean, card.std, strict=True)):
-        out[:, c] = channel0 if c == 0 else (unit - np.float32(mean)) / np.float32(std)
-    return out
+    """(n, H, W) channel 0 -> (n, C, H, W): undo channel 0's normalisation, redo per channel.
+
+    (n, C, H, W) input (one image per channel, slice context) is renormalised per channel.
+    """
+    from medseg.preprocess import renormalise_channels
+
+    return renormalise_channels(channel0, card)
 
 
 def split_series(

@@ -19,10 +19,21 @@ log = logging.getLogger(__name__)
 
 def volume_batch(volume: object, card: ModelCard, window: str | None = None) -> np.ndarray:
     """All slices of a Volume as the model's float32 input (n, C, H, W)."""
-    from medseg.preprocess import preprocess_slices, resolve_window
+    from medseg.preprocess import (
+        blend_taps,
+        context_taps,
+        preprocess_slices,
+        renormalise_channels,
+        resolve_window,
+    )
 
     resolved = resolve_window(volume, window, card)  # type: ignore[arg-type]
-    return preprocess_slices(volume.voxels, resolved, card)  # type: ignore[attr-defined]
+    batch = preprocess_slices(volume.voxels, resolved, card)  # type: ignore[attr-defined]
+    if card.slice_context_mm <= 0:
+        return batch
+    n, spacing, fetch = len(batch), volume.spacing[0], batch[:, 0].__getitem__  # type: ignore[attr-defined]
+    planes = np.stack([blend_taps(context_taps(k, n, spacing, card), fetch) for k in range(n)])
+    return renormalise_channels(planes, card)
 
 
 def dicom_slices(

@@ -32,7 +32,7 @@ from medseg.model.data import (
 )
 from medseg.model.losses import deep_supervision_loss
 from medseg.model.sam2unet import SAM2UNet
-from medseg.modelcard import ModelCard
+from medseg.modelcard import ModelCard, check_slice_context
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class TrainOptions:
     weight_decay: float = 1e-4
     steps_per_epoch: int | None = None
     lesion_share: float = 0.5
+    slice_context_mm: float = 0.0  # > 0: channels are the series at -d, 0, +d mm
     crop: int | None = None  # train the first crop_epochs epochs on square crops this size
     crop_epochs: int | None = None  # default: every epoch
     window: str | None = None
@@ -76,6 +77,7 @@ class TrainOptions:
             raise ConfigError("--crop-epochs must lie in [1, --epochs]")
         if self.crop_epochs is not None and self.crop is None:
             raise ConfigError("--crop-epochs needs --crop")
+        check_slice_context(self.slice_context_mm, 3, "--slice-context")
         if self.init is None and self.config is None:
             raise ConfigError("training from scratch (--init none) needs --config")
 
@@ -119,7 +121,8 @@ def dice_on_sets(model: SAM2UNet, sets: list[SliceSet], card: ModelCard, batch: 
         for s in sets:
             inter = total = 0
             for start in range(0, len(s.images), batch):
-                x = torch.from_numpy(to_model_input(s.images[start : start + batch], card))
+                ks = np.arange(start, min(start + batch, len(s.images)))
+                x = torch.from_numpy(to_model_input(s.model_images(ks, card), card))
                 pred = model(x)[0][:, 0].numpy() > 0.0
                 truth = s.masks[start : start + batch] >= 0.5
                 inter += int(np.logical_and(pred, truth).sum())
@@ -137,25 +140,33 @@ def _slice_index(sets: list[SliceSet]) -> list[tuple[SliceSet, int]]:
     return [(s, i) for s in sets for i in range(len(s.images))]
 
 
-def _gather(index: list[tuple[SliceSet, int]], idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Copies of the slices at global numbers ``idx``."""
+def _gather(
+    index: list[tuple[SliceSet, int]], idx: np.ndarray, card: ModelCard | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the slices at global numbers ``idx`` (with the card's slice context)."""
     picked = [index[i] for i in idx]
-    images = np.stack([s.images[i] for s, i in picked])
+    if card is not None and card.slice_context_mm > 0:
+        images = np.stack([s.model_images([i], card)[0] for s, i in picked])
+    else:
+        images = np.stack([s.images[i] for s, i in picked])
     masks = np.stack([s.masks[i] for s, i in picked])
     return images, masks
 
 
 def _flip_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> None:
-    """Random horizontal and vertical flips, per sample, in place."""
+    """Random vertical and horizontal flips, per sample, in place (images (n, [C,] H, W))."""
     for i in range(len(images)):
-        for axis in (1, 2):
+        for axis in (-2, -1):
             if rng.random() < 0.5:
-                images[i] = np.flip(images[i], axis=axis - 1)
-                masks[i] = np.flip(masks[i], axis=axis - 1)
+                images[i] = np.flip(images[i], axis=axis)
+                masks[i] = np.flip(masks[i], axis=axis)
 
 
 def _crop_batch(
-    images: np.ndarray, masks: np.ndarray, size: int, rng: np.random.Generator
+    images: np.ndarray,
+    masks: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Square crops, each around a random lesion pixel when its slice has lesion.
 
@@ -163,8 +174,8 @@ def _crop_batch(
     times the lesions; the last epochs run on whole slices so the network ends on the
     geometry (and position embedding) it is served with.
     """
-    n, rows, cols = images.shape
-    out_images = np.empty((n, size, size), dtype=images.dtype)
+    n, rows, cols = len(images), *images.shape[-2:]
+    out_images = np.empty((*images.shape[:-2], size, size), dtype=images.dtype)
     out_masks = np.empty((n, size, size), dtype=masks.dtype)
     for i in range(n):
         ys, xs = np.nonzero(masks[i] >= 0.5)
@@ -175,7 +186,7 @@ def _crop_batch(
         else:
             top = int(rng.integers(rows - size + 1))
             left = int(rng.integers(cols - size + 1))
-        out_images[i] = images[i, top : top + size, left : left + size]
+        out_images[i] = images[i, ..., top : top + size, left : left + size]
         out_masks[i] = masks[i, top : top + size, left : left + size]
     return out_images, out_masks
 
@@ -221,7 +232,8 @@ def _train(options: TrainOptions) -> TrainResult:
     started = time.monotonic()
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
-    card = ModelCard(name="training")  # the default input contract the exported card keeps
+    # the default input contract the exported card keeps (plus the slice context)
+    card = ModelCard(name="training", slice_context_mm=options.slice_context_mm)
     model, config_name = _build_model(options)
     _check_crop(options.crop, model, card.input_size)
 
@@ -280,6 +292,7 @@ def _train(options: TrainOptions) -> TrainResult:
         "series_val": len(val_sets),
         "slices_train": n_slices,
         "crop": options.crop,
+        "slice_context_mm": options.slice_context_mm,
         "crop_epochs": options.crop_epoch_count or None,
         "seed": options.seed,
         "command": options.command,
@@ -297,7 +310,7 @@ def _train(options: TrainOptions) -> TrainResult:
         crop = options.crop if epoch < options.crop_epoch_count else None
         for _ in bar:
             idx = rng.choice(n_slices, size=options.batch_size, p=weights)
-            x_np, y_np = _gather(slices, idx)
+            x_np, y_np = _gather(slices, idx, card)
             _flip_batch(x_np, y_np, rng)
             if crop is not None:
                 x_np, y_np = _crop_batch(x_np, y_np, crop, rng)

@@ -22,6 +22,7 @@ from medseg.model.train import (
     last_path,
     train,
 )
+from medseg.modelcard import ModelCard
 from tests.dicom.series_factory import write_series
 from tests.model.toy_data import toy_volume, write_toy_pair
 
@@ -157,6 +158,26 @@ def test_training_on_crops_then_whole_slices_records_it_and_lowers_the_loss(toy_
     assert whole.val_dice is not None
     training = load_checkpoint(last_path(options.output)).extra["training"]
     assert (training["crop"], training["crop_epochs"]) == (96, 2)
+
+
+@pytest.mark.slow
+def test_a_slice_context_run_is_recorded_and_reaches_the_exported_card(toy_data, tmp_path):
+    """2.5-D training: the distance goes into the checkpoint and from there into the card."""
+    root, _ = toy_data
+    options = _scratch_options(root, tmp_path / "ctx.pth", epochs=1, slice_context_mm=2.5)
+    result = train(options)
+    assert result.history[0].val_dice is not None
+    assert load_checkpoint(options.output).extra["training"]["slice_context_mm"] == 2.5
+    onnx_path = tmp_path / "ctx.onnx"
+    assert main(["model", "export", "--checkpoint", str(options.output), "-o", str(onnx_path)]) == 0
+    assert ModelCard.load(onnx_path.with_suffix(".json")).slice_context_mm == 2.5
+
+
+def test_a_negative_slice_context_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="slice-context"):
+        TrainOptions(
+            data=tmp_path, output=tmp_path / "o.pth", config="phantom", slice_context_mm=-1
+        )
 
 
 @pytest.mark.slow

@@ -209,6 +209,8 @@ def test_skipped_report_counts_reasons_without_their_details() -> None:
         ["--threads=-2"],
         ["--batch-size", "0"],
         ["--series-number", "0"],
+        ["--flips", "diagonal"],
+        ["--flips", "horizontal,horizontal"],
     ],
 )
 def test_numeric_options_refuse_nan_inf_and_negative_values(

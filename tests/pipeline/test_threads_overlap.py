@@ -118,11 +118,11 @@ def test_preparing_the_next_batch_overlaps_inference(
     started = [threading.Event() for _ in range(batches)]
     real_prepare = pipeline._prepare
 
-    def prepare(voxels, batch, window, card):
+    def prepare(voxels, batch, window, card, slice_spacing):
         index = batch[0].k // options.batch_size
         log.append(f"prepare {index}")
         started[index].set()
-        return real_prepare(voxels, batch, window, card)
+        return real_prepare(voxels, batch, window, card, slice_spacing)
 
     engine = open_engine(path, card, threads=1)
     try:
