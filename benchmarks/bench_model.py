@@ -38,7 +38,7 @@ from benchmarks.original_sam2unet import SIZES  # noqa: E402
 from medseg.model import build_sam2unet  # noqa: E402
 from medseg.model.export import export_onnx, ort_session  # noqa: E402
 from medseg.model.quantize import compare_precisions, quantize_int8, split_calibration  # noqa: E402
-from medseg.modelcard import ModelCard, load_card_for  # noqa: E402
+from medseg.modelcard import default_model_path, load_card_for  # noqa: E402
 
 PEAK_GFLOPS = 190.0  # this CPU's FP32 SGEMM peak on 2 threads (../shared/notes/performance.md)
 
@@ -68,9 +68,10 @@ def time_ms(run, iters: int, warmup: int) -> float:
 
 
 def real_slices(folder: Path, count: int) -> np.ndarray:
+    """Real slices under the bundled card's input contract (2.5-D when it says so)."""
     from medseg.model.slices import dicom_slices
 
-    return dicom_slices(folder, ModelCard(name="bench"), max_slices=count)
+    return dicom_slices(folder, load_card_for(default_model_path()), max_slices=count)
 
 
 def bench(name: str, args: argparse.Namespace, slices: np.ndarray, tmp: Path) -> dict:

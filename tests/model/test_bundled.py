@@ -36,9 +36,9 @@ def test_bundled_model_runs_with_the_card_contract():
 HELD_OUT_SEEDS = range(9000, 9010)  # never used for training (the card lists 1000-1047)
 
 
-# A regression guard at the shipped model's level (measured 0.802, models/README.md), not
+# A regression guard at the shipped model's level (measured 0.832, models/README.md), not
 # the 0.85 target, which this model does not reach yet.
-MIN_MEAN_DICE = 0.78
+MIN_MEAN_DICE = 0.80
 
 
 def test_bundled_model_end_to_end_dice_on_fresh_phantoms(tmp_path):
