@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medseg.errors import ConfigError
-from medseg.maskio import ALL_SEGMENTS, Grid, MaskInputError, place_on_grid, read_mask
+from medseg.maskio import ALL_SEGMENTS, Grid, MaskFile, MaskInputError, place_on_grid, read_mask
 from medseg.metrics.evaluate import evaluate
 from medseg.metrics.pairing import CasePair, pair_segments
 
@@ -38,7 +38,7 @@ def score_case(pair: CasePair, options: EvalOptions) -> list[dict[str, object]]:
     """
     pred = read_mask(pair.pred)
     truth = read_mask(pair.truth)
-    if not pred.grid.overlaps(truth.grid):
+    if not pred.grid.overlaps(truth.grid) and not _same_series(pred, truth):
         raise MaskInputError(
             f"case {pair.case}: prediction and truth do not overlap in patient space"
         )
@@ -73,3 +73,15 @@ def score_case(pair: CasePair, options: EvalOptions) -> list[dict[str, object]]:
             }
         )
     return rows
+
+
+def _same_series(pred: MaskFile, truth: MaskFile) -> bool:
+    """Both label the same image series (DICOM-SEG references), so they share its space.
+
+    A SEG stores only the frames it marks: a prediction whose only finding lies on other
+    slices than the truth's lesions has frames that do not overlap the truth's, and it is
+    a Dice of 0 to report, not a case to drop from the cohort.
+    """
+    return pred.referenced_series_uid is not None and (
+        pred.referenced_series_uid == truth.referenced_series_uid
+    )

@@ -107,6 +107,31 @@ def test_seg_prediction_with_segment_map_and_series_pairing(
     assert row["pred_segment"] == "1" and row["truth_segment"] == "2"
 
 
+def test_seg_prediction_on_other_slices_than_the_truth_scores_zero_not_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """SEGs hold only their marked frames; disjoint frames of one series are a miss + a
+    false alarm (Dice 0), not a case dropped from the cohort's mean."""
+    series = write_ct_series(tmp_path / "ct", (8, 12, 12))
+    truth = np.zeros((8, 12, 12, 1), bool)
+    truth[5:7, 3:7, 3:7, 0] = True
+    pred = np.zeros_like(truth)
+    pred[1, 8:10, 8:10, 0] = True
+    write_seg(tmp_path / "truth" / "case.dcm", series, truth, ["Lesion"])
+    write_seg(tmp_path / "pred" / "case.dcm", series, pred, ["Lesion"])
+    assert not read_mask(tmp_path / "pred" / "case.dcm").grid.overlaps(
+        read_mask(tmp_path / "truth" / "case.dcm").grid
+    )
+    out_json = tmp_path / "r.json"
+    code = main(["eval", str(tmp_path / "pred"), str(tmp_path / "truth"), "--json",
+                 str(out_json), "--no-progress"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(out_json.read_text())
+    assert not report["errors"]
+    (row,) = report["cases"]
+    assert row["dice"] == 0.0 and row["lesion_fp"] == 1 and row["lesion_fn"] == 1
+
+
 def test_bad_option_fails_cleanly_without_output(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
