@@ -137,6 +137,11 @@ def check_slice_context(context_mm: float, channels: int, what: str) -> None:
         )
 
 
+def parse_flips(text: str) -> tuple[str, ...]:
+    """'horizontal,vertical' -> ('horizontal', 'vertical'); 'none' or '' -> (); checked later."""
+    return tuple(f.strip() for f in text.split(",") if f.strip() and f.strip() != "none")
+
+
 def check_flips(flips: tuple[str, ...], what: str) -> None:
     """Test-time flips name distinct axes from ``FLIP_AXES``."""
     if any(f not in FLIP_AXES for f in flips) or len(set(flips)) != len(flips):

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -256,14 +257,11 @@ def _prefetched(
 ) -> Iterator[tuple[list[Tile], np.ndarray, float]]:
     """Yield (batch, tensor, seconds) while the next batch is already being prepared."""
     pending: Future[tuple[np.ndarray, float]] | None = None
+    prepare = partial(_prepare, voxels, window=window, card=card, slice_spacing=slice_spacing)
     for index, batch in enumerate(batches):
-        args = (voxels, batch, window, card, slice_spacing)
-        current = pending or pool.submit(_prepare, *args)
+        current = pending or pool.submit(prepare, batch)
         following = batches[index + 1] if index + 1 < len(batches) else None
-        if following:
-            pending = pool.submit(_prepare, voxels, following, window, card, slice_spacing)
-        else:
-            pending = None
+        pending = pool.submit(prepare, following) if following else None
         yield (batch, *current.result())
 
 

@@ -9,7 +9,7 @@ windowed like the whole slice. torch-free on purpose: the runtime path never imp
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
@@ -241,19 +241,28 @@ def blend_taps(
     return np.stack(planes)
 
 
+def context_planes(
+    channel0: np.ndarray, ks: Sequence[int], slice_spacing: float, card: ModelCard
+) -> np.ndarray:
+    """(len(ks), C, H, W) channel images of slices ``ks`` from a whole stack of channel-0
+    slices (n, H, W) of one series, by the card's slice context (``context_taps``)."""
+    n, fetch = len(channel0), channel0.__getitem__
+    return np.stack([blend_taps(context_taps(int(k), n, slice_spacing, card), fetch) for k in ks])
+
+
 def renormalise_channels(channel0: np.ndarray, card: ModelCard) -> np.ndarray:
     """Images in channel 0's normalisation -> each channel in its own (card mean/std).
 
     ``channel0`` is (n, H, W), replicated into every channel, or (n, C, H, W) with one
     image per channel (slice context).
     """
-    unit = channel0 * np.float32(card.std[0]) + np.float32(card.mean[0])
-    if channel0.ndim == 3:
-        out = np.empty((len(channel0), card.channels, *channel0.shape[1:]), dtype=np.float32)
-        for c, (mean, std) in enumerate(zip(card.mean, card.std, strict=True)):
-            out[:, c] = channel0 if c == 0 else (unit - np.float32(mean)) / np.float32(std)
-        return out
-    out = np.empty_like(channel0, dtype=np.float32)
+    planes = channel0[:, None] if channel0.ndim == 3 else channel0
+    unit = planes * np.float32(card.std[0]) + np.float32(card.mean[0])
+    out = np.empty((len(planes), card.channels, *planes.shape[2:]), dtype=np.float32)
     for c, (mean, std) in enumerate(zip(card.mean, card.std, strict=True)):
-        out[:, c] = channel0[:, c] if c == 0 else (unit[:, c] - np.float32(mean)) / np.float32(std)
+        src = c if planes.shape[1] > 1 else 0  # a single plane serves every channel
+        if c == 0:
+            out[:, c] = planes[:, src]
+        else:
+            out[:, c] = (unit[:, src] - np.float32(mean)) / np.float32(std)
     return out

@@ -27,19 +27,51 @@ def bright_layers(
     # logit = gain * (x * std + mean - level) = (gain * std) * x + gain * (mean - level)
     scale = np.array(gain * std, dtype=np.float32)
     shift = np.array(gain * (mean - level), dtype=np.float32)
+    node, inits = channel_slice("ch0", 0, channel_axis)
     nodes = [
-        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["ch0"]),
+        node,
         helper.make_node("Mul", ["ch0", "scale"], ["scaled"]),
         helper.make_node("Add", ["scaled", "shift"], ["logits"]),
     ]
-    inits = [
-        helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("ends", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("axes", TensorProto.INT64, [1], [channel_axis]),
+    inits += [
         helper.make_tensor("scale", TensorProto.FLOAT, [], [float(scale)]),
         helper.make_tensor("shift", TensorProto.FLOAT, [], [float(shift)]),
     ]
     return nodes, inits
+
+
+def channel_slice(
+    out: str, channel: int, channel_axis: int = 1
+) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    """A Slice node taking channel ``channel`` of ``image`` into ``out``, with its inputs."""
+    node = helper.make_node(
+        "Slice", ["image", f"{out}_starts", f"{out}_ends", f"{out}_axes"], [out]
+    )
+    inits = [
+        helper.make_tensor(f"{out}_starts", TensorProto.INT64, [1], [channel]),
+        helper.make_tensor(f"{out}_ends", TensorProto.INT64, [1], [channel + 1]),
+        helper.make_tensor(f"{out}_axes", TensorProto.INT64, [1], [channel_axis]),
+    ]
+    return node, inits
+
+
+def save_nchw_model(
+    path: Path,
+    name: str,
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    size: tuple[int, int],
+    batch: int | str = "N",
+) -> None:
+    """``image`` [batch, 3, H, W] -> ``logits`` [batch, 1, H, W]: checked and saved."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, *size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 1, *size])],
+        initializer=inits,
+    )
+    save_checked(graph, path)
 
 
 def save_checked(graph: onnx.GraphProto, path: Path) -> None:
@@ -64,18 +96,9 @@ def make_bright_model(
     ``intensity`` is channel 0 un-normalised back to [0, 1] with ImageNet statistics, so the
     threshold 0.5 of the card corresponds to windowed intensity ``level``.
     """
-    batch: int | str = static_batch if static_batch else "N"
-    height, width = size
     nodes, inits = bright_layers(channel_axis=1, gain=gain, level=level)
-    graph = helper.make_graph(
-        nodes,
-        "bright",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, height, width])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 1, height, width])],
-        initializer=inits,
-    )
     path = Path(path)
-    save_checked(graph, path)
+    save_nchw_model(path, "bright", nodes, inits, size, static_batch or "N")
     fields = {"name": "test-bright", "version": "0.0.1", "input_size": size}
     if static_batch:
         fields["batch"] = static_batch

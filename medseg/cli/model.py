@@ -18,7 +18,7 @@ from typing import Any
 
 from medseg import __version__
 from medseg.errors import ConfigError, ModelError, OutputError
-from medseg.modelcard import ModelCard, load_card_for
+from medseg.modelcard import ModelCard, load_card_for, parse_flips
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def run_export(args: argparse.Namespace) -> int:
         name=args.name or output.stem,
         version=args.model_version,
         threshold=args.threshold,
-        test_time_flips=tuple(f.strip() for f in args.flips.split(",") if f.strip() != "none"),
+        test_time_flips=parse_flips(args.flips),
         slice_context_mm=float(
             training.get("slice_context_mm") or 0.0
             if args.slice_context is None

@@ -99,6 +99,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazily)
     """Command-line arguments -> SegmentOptions; bad prompts raise PromptError here."""
+    from medseg.modelcard import parse_flips
     from medseg.pipeline import SegmentOptions
     from medseg.prompts import parse_box, parse_point
 
@@ -116,7 +117,7 @@ def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazi
         providers=providers,
         window=args.window,
         threshold=args.threshold,
-        test_time_flips=_flips(args.flips),
+        test_time_flips=None if args.flips is None else parse_flips(args.flips),
         prompts=prompts,
         series_uid=args.series,
         min_component_mm3=args.min_volume,
@@ -130,12 +131,6 @@ def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazi
         point_crop_mm=args.point_crop,
         preview=args.preview,
     )
-
-
-def _flips(text: str | None) -> tuple[str, ...] | None:
-    if text is None:
-        return None
-    return tuple(f.strip() for f in text.split(",") if f.strip() and f.strip() != "none")
 
 
 # Skipped files listed one per line on stderr up to this many (all of them with -v).

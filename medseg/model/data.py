@@ -57,12 +57,9 @@ class SliceSet:
         channel 0's normalisation (``to_model_input`` finishes them)."""
         if card.slice_context_mm <= 0:
             return self.images[ks]
-        from medseg.preprocess import blend_taps, context_taps
+        from medseg.preprocess import context_planes
 
-        n, fetch = len(self.images), self.images.__getitem__
-        return np.stack(
-            [blend_taps(context_taps(int(k), n, self.slice_spacing, card), fetch) for k in ks]
-        )
+        return context_planes(self.images, ks, self.slice_spacing, card)
 
     @property
     def lesion_slices(self) -> np.ndarray:

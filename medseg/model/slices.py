@@ -20,8 +20,7 @@ log = logging.getLogger(__name__)
 def volume_batch(volume: object, card: ModelCard, window: str | None = None) -> np.ndarray:
     """All slices of a Volume as the model's float32 input (n, C, H, W)."""
     from medseg.preprocess import (
-        blend_taps,
-        context_taps,
+        context_planes,
         preprocess_slices,
         renormalise_channels,
         resolve_window,
@@ -31,8 +30,8 @@ def volume_batch(volume: object, card: ModelCard, window: str | None = None) -> 
     batch = preprocess_slices(volume.voxels, resolved, card)  # type: ignore[attr-defined]
     if card.slice_context_mm <= 0:
         return batch
-    n, spacing, fetch = len(batch), volume.spacing[0], batch[:, 0].__getitem__  # type: ignore[attr-defined]
-    planes = np.stack([blend_taps(context_taps(k, n, spacing, card), fetch) for k in range(n)])
+    spacing = volume.spacing[0]  # type: ignore[attr-defined]
+    planes = context_planes(batch[:, 0], range(len(batch)), spacing, card)
     return renormalise_channels(planes, card)
 
 

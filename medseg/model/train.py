@@ -163,10 +163,7 @@ def _flip_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator)
 
 
 def _crop_batch(
-    images: np.ndarray,
-    masks: np.ndarray,
-    size: int,
-    rng: np.random.Generator,
+    images: np.ndarray, masks: np.ndarray, size: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Square crops, each around a random lesion pixel when its slice has lesion.
 

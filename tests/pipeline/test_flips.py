@@ -18,33 +18,24 @@ from medseg.errors import ConfigError
 from medseg.modelcard import ModelCard
 from medseg.pipeline import SegmentOptions, segment_volume
 from tests.pipeline.helpers import make_volume
-from tests.tiny_models import save_checked
+from tests.tiny_models import channel_slice, save_nchw_model
 
 SIZE = (16, 16)
 
 
 def _make_ramp_model(path: Path, flips: tuple[str, ...] = ()) -> ModelCard:
     ramp = np.linspace(-4.0, 4.0, SIZE[1], dtype=np.float32).reshape(1, 1, 1, SIZE[1])
+    node, inits = channel_slice("ch0", 0)
     nodes = [
-        helper.make_node("Slice", ["image", "starts", "ends", "axes"], ["ch0"]),
+        node,
         helper.make_node("Mul", ["ch0", "zero"], ["nothing"]),
         helper.make_node("Add", ["nothing", "ramp"], ["logits"]),
     ]
-    inits = [
-        helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
-        helper.make_tensor("ends", TensorProto.INT64, [1], [1]),
-        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+    inits += [
         helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
         helper.make_tensor("ramp", TensorProto.FLOAT, ramp.shape, ramp.ravel().tolist()),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "ramp",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, *SIZE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1, *SIZE])],
-        initializer=inits,
-    )
-    save_checked(graph, path)
+    save_nchw_model(path, "ramp", nodes, inits, SIZE)
     card = ModelCard(name="ramp", input_size=SIZE, test_time_flips=flips)
     card.save(path.with_suffix(".json"))
     return card

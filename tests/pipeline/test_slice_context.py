@@ -24,7 +24,7 @@ from medseg.pipeline import SegmentOptions, segment_volume
 from medseg.preprocess import context_taps, resolve_window
 from medseg.prompts import Tile, parse_box
 from tests.pipeline.helpers import make_volume
-from tests.tiny_models import save_checked
+from tests.tiny_models import channel_slice, save_nchw_model
 
 SIZE = (16, 16)
 SPACING = (2.0, 1.0, 1.0)
@@ -37,26 +37,19 @@ def _make_gradient_model(path: Path, context_mm: float, gain: float = 20.0) -> M
         "s2": gain * IMAGENET_STD[2],
         "bias": gain * (IMAGENET_MEAN[2] - IMAGENET_MEAN[0]),
     }
+    first, first_inits = channel_slice("ch0", 0)
+    last, last_inits = channel_slice("ch2", 2)
     nodes = [
-        helper.make_node("Slice", ["image", "z0", "z1", "axis"], ["ch0"]),
-        helper.make_node("Slice", ["image", "z2", "z3", "axis"], ["ch2"]),
+        first,
+        last,
         helper.make_node("Mul", ["ch0", "s0"], ["a"]),
         helper.make_node("Mul", ["ch2", "s2"], ["b"]),
         helper.make_node("Add", ["a", "b"], ["ab"]),
         helper.make_node("Add", ["ab", "bias"], ["logits"]),
     ]
-    inits = [
-        helper.make_tensor(name, TensorProto.INT64, [1], [value])
-        for name, value in (("z0", 0), ("z1", 1), ("z2", 2), ("z3", 3), ("axis", 1))
-    ] + [helper.make_tensor(k, TensorProto.FLOAT, [], [float(v)]) for k, v in const.items()]
-    graph = helper.make_graph(
-        nodes,
-        "gradient",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, *SIZE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1, *SIZE])],
-        initializer=inits,
-    )
-    save_checked(graph, path)
+    inits = first_inits + last_inits
+    inits += [helper.make_tensor(k, TensorProto.FLOAT, [], [float(v)]) for k, v in const.items()]
+    save_nchw_model(path, "gradient", nodes, inits, SIZE)
     card = ModelCard(name="gradient", input_size=SIZE, slice_context_mm=context_mm)
     card.save(path.with_suffix(".json"))
     return card
