@@ -107,6 +107,13 @@ def _config_arg(value: str | None) -> Any:
     return value
 
 
+def _slice_context(asked: float | None, training: dict[str, Any]) -> float:
+    """--slice-context when given, else what the checkpoint was trained with (0: none)."""
+    if asked is not None:
+        return float(asked)
+    return float(training.get("slice_context_mm") or 0.0)
+
+
 def run_export(args: argparse.Namespace) -> int:
     require_torch()
     from medseg.model.checkpoint import load_checkpoint
@@ -146,11 +153,7 @@ def run_export(args: argparse.Namespace) -> int:
         version=args.model_version,
         threshold=args.threshold,
         test_time_flips=parse_flips(args.flips),
-        slice_context_mm=float(
-            training.get("slice_context_mm") or 0.0
-            if args.slice_context is None
-            else args.slice_context
-        ),
+        slice_context_mm=_slice_context(args.slice_context, training),
         default_ct_window=args.window or training.get("window") or "abdomen",
     )
     real = None

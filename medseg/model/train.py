@@ -141,14 +141,11 @@ def _slice_index(sets: list[SliceSet]) -> list[tuple[SliceSet, int]]:
 
 
 def _gather(
-    index: list[tuple[SliceSet, int]], idx: np.ndarray, card: ModelCard | None = None
+    index: list[tuple[SliceSet, int]], idx: np.ndarray, card: ModelCard
 ) -> tuple[np.ndarray, np.ndarray]:
     """Copies of the slices at global numbers ``idx`` (with the card's slice context)."""
     picked = [index[i] for i in idx]
-    if card is not None and card.slice_context_mm > 0:
-        images = np.stack([s.model_images([i], card)[0] for s, i in picked])
-    else:
-        images = np.stack([s.images[i] for s, i in picked])
+    images = np.stack([s.model_images([i], card)[0] for s, i in picked])
     masks = np.stack([s.masks[i] for s, i in picked])
     return images, masks
 

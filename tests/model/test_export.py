@@ -157,6 +157,16 @@ def test_medseg_checkpoint_exports_without_config_and_keeps_training_notes(tmp_p
     assert card.default_ct_window == "liver" and card.batch == 1
 
 
+@pytest.mark.parametrize(("asked", "expected"), [([], 2.5), (["--slice-context", "0"], 0.0)])
+def test_card_slice_context_is_the_checkpoints_unless_asked_otherwise(tmp_path, asked, expected):
+    ckpt = tmp_path / "ctx.pth"
+    training = {"slice_context_mm": 2.5}
+    save_checkpoint(ckpt, build_sam2unet("phantom"), config_name="phantom", training=training)
+    out = tmp_path / "ctx.onnx"
+    assert main(["model", "export", "--checkpoint", str(ckpt), "-o", str(out), *asked]) == 0
+    assert load_card_for(out).slice_context_mm == expected
+
+
 def test_dynamic_int8_fallback_needs_no_calibration_and_stays_close(exported, tmp_path):
     from medseg.model.quantize import compare_precisions, quantize_int8
 

@@ -280,7 +280,8 @@ def test_batches_gather_the_right_slices_across_series():
         SliceSet(str(k), np.full((n, 2, 2), k, np.float32), np.full((n, 2, 2), -k, np.float32))
         for k, n in ((1, 3), (2, 1), (3, 4))
     ]
-    images, masks = _gather(_slice_index(sets), np.array([0, 3, 4, 7, 2]))
+    card = ModelCard(name="t")
+    images, masks = _gather(_slice_index(sets), np.array([0, 3, 4, 7, 2]), card)
     assert images[:, 0, 0].tolist() == [1, 2, 3, 3, 1]
     assert masks[:, 0, 0].tolist() == [-1, -2, -3, -3, -1]
     images[0] = 99  # a copy: the data set is untouched
