@@ -29,6 +29,7 @@ from medseg.modelcard import Code, ModelCard
 log = logging.getLogger(__name__)
 
 SEG_TYPES = ("BINARY", "FRACTIONAL")
+FRACTIONAL_LEVELS = 255  # MaximumFractionalValue: probabilities stored in steps of 1/255
 MANUFACTURER = "medseg"
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
 PERSON_NAME_WARNING = r"The string .* is unlikely to represent the intended person name"
@@ -305,7 +306,7 @@ def build_seg(
     pixel_array = _checked_masks(volume, masks, card, seg_type)
     sources, pixel_array = _source_order(volume, pixel_array)
     version = algorithm_version or card.version
-    empty = not pixel_array.any()
+    empty = _stores_nothing(pixel_array, seg_type)
     if empty:
         # highdicom needs at least one frame; an all-empty result is written with every
         # frame present (and empty) so the SEG still states "nothing found" on each slice.
@@ -333,6 +334,18 @@ def build_seg(
         raise DicomInputError(f"cannot build a DICOM-SEG for this series: {reason}") from exc
     seg.SeriesDescription = series_description[:64]
     return seg
+
+
+def _stores_nothing(pixel_array: np.ndarray, seg_type: str) -> bool:
+    """Empty as highdicom will store it, not as given.
+
+    FRACTIONAL values are rounded to steps of 1/255 (half to even), so probabilities of at
+    most 0.5/255 become 0; a mask of only such values is empty in the file, and highdicom
+    fails with a bare IndexError if it is told to omit empty frames and none is left.
+    """
+    if seg_type == "FRACTIONAL":
+        return not (pixel_array > 0.5 / FRACTIONAL_LEVELS).any()
+    return not pixel_array.any()
 
 
 def _raise_unsupported_sop_class(exc: KeyError, sources: list[pydicom.Dataset]) -> NoReturn:
@@ -405,6 +418,7 @@ def _segmentation(
         content_description=f"{card.name} {version}"[:64],
         content_label="MEDSEG",
         omit_empty_frames=not empty,
+        max_fractional_value=FRACTIONAL_LEVELS,
     )
 
 

@@ -23,7 +23,9 @@ from medseg.modelcard import ModelCard, load_card_for, parse_flips
 log = logging.getLogger(__name__)
 
 TORCH_MISSING = "PyTorch is not installed: install the train extra: pip install 'medseg[train]'"
-PARITY_TOLERANCE = {"fp32": 1e-3, "fp16": 0.5}
+# (absolute, relative to the largest |logit|): an export bug moves logits by their own
+# size, round-off by a few parts in ten thousand of it
+PARITY_TOLERANCE = {"fp32": (1e-3, 1e-3), "fp16": (0.5, 1e-2)}
 
 
 def require_torch() -> None:
@@ -182,11 +184,13 @@ def run_export(args: argparse.Namespace) -> int:
         export_onnx(model, fp32_path, static=args.static, fp16=args.fp16)
         parity = check_parity(model, fp32_path, real=real, static=args.static)
         _print_parity(parity, precision if not args.int8 else "fp32")
-        limit = PARITY_TOLERANCE["fp16" if args.fp16 else "fp32"]
-        worst = max(parity.random_max_abs_diff, parity.real_max_abs_diff or 0.0)
-        if worst > limit:
+        limit = parity.limit(*PARITY_TOLERANCE["fp16" if args.fp16 else "fp32"])
+        if parity.worst > limit:
             fp32_path.unlink(missing_ok=True)
-            raise ModelError(f"ONNX Runtime differs from PyTorch by {worst:.3g} (> {limit})")
+            raise ModelError(
+                f"ONNX Runtime differs from PyTorch by {parity.worst:.3g} (> {limit:.3g} "
+                f"allowed for logits up to {parity.logit_scale:.3g})"
+            )
         provenance["parity"] = parity.to_dict()
         if args.int8:
             quant_report = _quantize(args, fp32_path, output, real)
@@ -242,7 +246,7 @@ def _print_parity(parity: Any, precision: str) -> None:
     )
     print(
         f"ONNX Runtime vs PyTorch ({precision}): max |diff| {parity.random_max_abs_diff:.3g} "
-        f"on random input, {real}"
+        f"on random input, {real} (logits up to {parity.logit_scale:.3g})"
     )
 
 

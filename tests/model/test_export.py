@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from medseg.cli import main
+from medseg.cli.model import PARITY_TOLERANCE
 from medseg.model import build_sam2unet
 from medseg.model.checkpoint import save_checkpoint
-from medseg.model.export import sha256_of
+from medseg.model.export import ParityReport, sha256_of
 from medseg.modelcard import load_card_for
 
 pytestmark = pytest.mark.slow
@@ -69,7 +70,19 @@ def test_card_validates_and_describes_the_file(exported):
     parity = card.extra["provenance"]["parity"]
     assert parity["real_slices"] == 3
     assert parity["random_max_abs_diff"] < 1e-4 and parity["real_max_abs_diff"] < 1e-4
+    assert 0 < parity["logit_scale"] < math.inf
     assert "not for clinical use" in card.intended_use
+
+
+def test_fp32_parity_bound_scales_with_the_logits_but_still_catches_a_wrong_graph():
+    absolute, relative = PARITY_TOLERANCE["fp32"]
+    # 5.8e-3 is what a trained phantom model (logits up to about 40) really differed by
+    trained = ParityReport(2e-3, 5.8e-3, 32, logit_scale=40.0)
+    assert trained.worst == 5.8e-3 and trained.worst <= trained.limit(absolute, relative)
+    fresh = ParityReport(2e-3, 5.8e-3, 32, logit_scale=0.5)
+    assert fresh.worst > fresh.limit(absolute, relative)
+    wrong_graph = ParityReport(0.4, None, 0, logit_scale=40.0)
+    assert wrong_graph.worst > wrong_graph.limit(absolute, relative)
 
 
 def test_static_int8_export_reports_finite_accuracy_loss(

@@ -183,6 +183,21 @@ def test_all_empty_mask_still_gives_a_valid_seg(oblique_sphere: SphereCase, tmp_
     assert_frames_on_their_sources(path, oblique_sphere.volume)
 
 
+def test_fractional_probabilities_that_round_to_zero_give_a_valid_empty_seg(
+    oblique_sphere: SphereCase, tmp_path: Path
+) -> None:
+    # a model that is sure there is nothing still returns probabilities of ~1e-6, not 0:
+    # stored in steps of 1/255 they all become 0, and the SEG must say "nothing" per slice
+    faint = np.full((1, *oblique_sphere.volume.shape), 0.5 / 255, dtype=np.float32)
+    faint[0, 0, 0, 0] = 1e-6
+    path = tmp_path / "faint.dcm"
+    seg = write_seg(oblique_sphere.volume, faint, CARD, path, seg_type="FRACTIONAL")
+    assert int(seg.NumberOfFrames) == oblique_sphere.volume.shape[0]
+    back = highdicom_mask_on_volume(path, oblique_sphere.volume)
+    assert back.shape == oblique_sphere.volume.shape and not back.any()
+    assert_frames_on_their_sources(path, oblique_sphere.volume)
+
+
 def test_bad_arguments_are_user_errors(oblique_sphere: SphereCase, tmp_path: Path) -> None:
     mask = oblique_sphere.mask[None]
     with pytest.raises(ConfigError, match="SEG type"):
