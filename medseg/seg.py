@@ -97,7 +97,13 @@ def _segment_descriptions(
 
 
 def _checked_masks(volume: Volume, masks: np.ndarray, card: ModelCard, seg_type: str) -> np.ndarray:
-    """``masks`` as (slices, rows, cols, segments) in the dtype highdicom expects."""
+    """``masks`` as (slices, rows, cols, segments) in the dtype highdicom expects.
+
+    FRACTIONAL values are rounded here to the steps of 1/255 the file stores (highdicom
+    rounds the same way, half to even), so "is anything left?" is asked of what will be
+    written: probabilities of ~1e-6 are nothing, and highdicom, told to omit empty frames
+    of a mask with none left, fails with a bare IndexError.
+    """
     masks = np.asarray(masks)
     expected = (len(card.segments), *volume.shape)
     if masks.ndim == 3 and len(card.segments) == 1:
@@ -113,6 +119,7 @@ def _checked_masks(volume: Volume, masks: np.ndarray, card: ModelCard, seg_type:
         masks = masks.astype(np.float32)
         if not np.isfinite(masks).all() or masks.min() < 0.0 or masks.max() > 1.0:
             raise OutputError("a FRACTIONAL SEG needs mask values in [0, 1]")
+        masks = np.round(masks * FRACTIONAL_LEVELS) / np.float32(FRACTIONAL_LEVELS)
     return np.moveaxis(masks, 0, -1)
 
 
@@ -306,7 +313,7 @@ def build_seg(
     pixel_array = _checked_masks(volume, masks, card, seg_type)
     sources, pixel_array = _source_order(volume, pixel_array)
     version = algorithm_version or card.version
-    empty = _stores_nothing(pixel_array, seg_type)
+    empty = not pixel_array.any()
     if empty:
         # highdicom needs at least one frame; an all-empty result is written with every
         # frame present (and empty) so the SEG still states "nothing found" on each slice.
@@ -334,18 +341,6 @@ def build_seg(
         raise DicomInputError(f"cannot build a DICOM-SEG for this series: {reason}") from exc
     seg.SeriesDescription = series_description[:64]
     return seg
-
-
-def _stores_nothing(pixel_array: np.ndarray, seg_type: str) -> bool:
-    """Empty as highdicom will store it, not as given.
-
-    FRACTIONAL values are rounded to steps of 1/255 (half to even), so probabilities of at
-    most 0.5/255 become 0; a mask of only such values is empty in the file, and highdicom
-    fails with a bare IndexError if it is told to omit empty frames and none is left.
-    """
-    if seg_type == "FRACTIONAL":
-        return not (pixel_array > 0.5 / FRACTIONAL_LEVELS).any()
-    return not pixel_array.any()
 
 
 def _raise_unsupported_sop_class(exc: KeyError, sources: list[pydicom.Dataset]) -> NoReturn:

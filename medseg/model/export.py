@@ -49,7 +49,8 @@ class ParityReport:
         return max(self.random_max_abs_diff, self.real_max_abs_diff or 0.0)
 
     def limit(self, absolute: float, relative: float) -> float:
-        """The allowed difference: ``absolute + relative * logit_scale`` (as numpy.allclose)."""
+        """The allowed difference: ``absolute + relative * logit_scale`` (numpy.allclose's
+        form, with the largest |logit| in place of each element's)."""
         return absolute + relative * self.logit_scale
 
     def to_dict(self) -> dict[str, Any]:
