@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import tempfile
@@ -179,22 +180,28 @@ def run_export(args: argparse.Namespace) -> int:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {output.parent}: {exc.strerror}") from exc
+    # everything is written beside the output and moved over it only once it passed, so a
+    # failed export leaves the model that was there (and its card) as it was
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
-        fp32_path = Path(tmp) / "fp32.onnx" if args.int8 else output
+        staged = Path(tmp) / "model.onnx"
+        fp32_path = Path(tmp) / "fp32.onnx" if args.int8 else staged
         export_onnx(model, fp32_path, static=args.static, fp16=args.fp16)
         parity = check_parity(model, fp32_path, real=real, static=args.static)
         _print_parity(parity, precision if not args.int8 else "fp32")
         limit = parity.limit(*PARITY_TOLERANCE["fp16" if args.fp16 else "fp32"])
         if parity.worst > limit:
-            fp32_path.unlink(missing_ok=True)
             raise ModelError(
                 f"ONNX Runtime differs from PyTorch by {parity.worst:.3g} (> {limit:.3g} "
                 f"allowed for logits up to {parity.logit_scale:.3g})"
             )
         provenance["parity"] = parity.to_dict()
         if args.int8:
-            quant_report = _quantize(args, fp32_path, output, real)
+            quant_report = _quantize(args, fp32_path, staged, real)
             provenance["quantization"] = quant_report.to_dict()
+        try:
+            os.replace(staged, output)
+        except OSError as exc:
+            raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
         card = build_card(
             base,
             output,

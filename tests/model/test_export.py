@@ -170,6 +170,22 @@ def test_medseg_checkpoint_exports_without_config_and_keeps_training_notes(tmp_p
     assert card.default_ct_window == "liver" and card.batch == 1
 
 
+def test_an_export_that_fails_its_parity_check_leaves_the_old_model_in_place(
+    tmp_path, monkeypatch, capsys
+):
+    ckpt = tmp_path / "p.pth"
+    save_checkpoint(ckpt, build_sam2unet("phantom"), config_name="phantom")
+    out = tmp_path / "p.onnx"
+    argv = ["model", "export", "--checkpoint", str(ckpt), "-o", str(out)]
+    assert main(argv) == 0
+    before = (out.read_bytes(), load_card_for(out))
+    monkeypatch.setitem(PARITY_TOLERANCE, "fp32", (-1.0, 0.0))  # no difference can pass
+    assert main(argv) != 0
+    assert "ONNX Runtime differs from PyTorch" in capsys.readouterr().err
+    assert (out.read_bytes(), load_card_for(out)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "p.onnx", "p.pth"]
+
+
 @pytest.mark.parametrize(("asked", "expected"), [([], 2.5), (["--slice-context", "0"], 0.0)])
 def test_card_slice_context_is_the_checkpoints_unless_asked_otherwise(tmp_path, asked, expected):
     ckpt = tmp_path / "ctx.pth"
