@@ -19,3 +19,17 @@ def test_ruff_check_finds_nothing() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_leaves_everything_as_it_is() -> None:
+    """Code and the python examples in docs/*.md alike (ruff formats Markdown code blocks)."""
+    ruff = shutil.which("ruff")
+    assert ruff, "ruff is part of the [test] extra"
+    result = subprocess.run(
+        [ruff, "format", "--check", "."],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
