@@ -8,28 +8,18 @@ import subprocess
 from tests.conftest import REPO_ROOT
 
 
-def test_ruff_check_finds_nothing() -> None:
+def _ruff(*args: str) -> subprocess.CompletedProcess[str]:
     ruff = shutil.which("ruff")
     assert ruff, "ruff is part of the [test] extra"
-    result = subprocess.run(
-        [ruff, "check", "medseg", "tests", "benchmarks"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return subprocess.run([ruff, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_ruff_check_finds_nothing() -> None:
+    result = _ruff("check", "medseg", "tests", "benchmarks")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_format_leaves_everything_as_it_is() -> None:
     """Code and the python examples in docs/*.md alike (ruff formats Markdown code blocks)."""
-    ruff = shutil.which("ruff")
-    assert ruff, "ruff is part of the [test] extra"
-    result = subprocess.run(
-        [ruff, "format", "--check", "."],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _ruff("format", "--check", ".")
     assert result.returncode == 0, result.stdout + result.stderr

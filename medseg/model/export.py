@@ -188,15 +188,21 @@ def check_parity(
     session = ort_session(path)
     rng = np.random.default_rng(seed)
     random = rng.standard_normal((1 if static else 2, 3, *input_size)).astype(np.float32)
-    reference = torch_logits(model, random)
-    diff_random = float(np.abs(onnx_logits(session, random, static) - reference).max())
-    scale = float(np.abs(reference).max())
+    diff_random, scale = _compare(model, session, random, static)
     diff_real = None
     if real is not None and len(real):
-        reference = torch_logits(model, real)
-        diff_real = float(np.abs(onnx_logits(session, real, static) - reference).max())
-        scale = max(scale, float(np.abs(reference).max()))
+        diff_real, scale_real = _compare(model, session, real, static)
+        scale = max(scale, scale_real)
     return ParityReport(diff_random, diff_real, 0 if real is None else len(real), scale)
+
+
+def _compare(
+    model: SAM2UNet, session: Any, images: np.ndarray, static: bool
+) -> tuple[float, float]:
+    """(max |ONNX Runtime - PyTorch|, max |PyTorch logit|) on ``images``."""
+    reference = torch_logits(model, images)
+    diff = float(np.abs(onnx_logits(session, images, static) - reference).max())
+    return diff, float(np.abs(reference).max())
 
 
 def build_card(
