@@ -19,7 +19,7 @@ from typing import Any
 
 from medseg import __version__
 from medseg.errors import ConfigError, ModelError, OutputError
-from medseg.modelcard import ModelCard, load_card_for, parse_flips
+from medseg.modelcard import ModelCard, card_path_for, load_card_for, parse_flips
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,8 @@ def run_export(args: argparse.Namespace) -> int:
         output.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {output.parent}: {exc.strerror}") from exc
-    # everything is written beside the output and moved over it only once it passed, so a
-    # failed export leaves the model that was there (and its card) as it was
+    # model and card are written beside the output and moved over it only once both are
+    # complete, so a failed export leaves the model that was there (and its card) as it was
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
         staged = Path(tmp) / "model.onnx"
         fp32_path = Path(tmp) / "fp32.onnx" if args.int8 else staged
@@ -198,20 +198,22 @@ def run_export(args: argparse.Namespace) -> int:
         if args.int8:
             quant_report = _quantize(args, fp32_path, staged, real)
             provenance["quantization"] = quant_report.to_dict()
-        try:
-            os.replace(staged, output)
-        except OSError as exc:
-            raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
         card = build_card(
             base,
-            output,
+            staged,
             config_name=config_name,
             model=model,
             static=args.static,
             precision=precision,
             provenance=provenance,
         )
-    card_path = write_card(card, output)
+        card_path = card_path_for(output)
+        try:
+            staged_card = write_card(card, staged)
+            os.replace(staged, output)
+            os.replace(staged_card, card_path)
+        except OSError as exc:
+            raise OutputError(f"cannot write {output}: {exc.strerror}") from exc
     print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB) and {card_path}")
     return 0
 

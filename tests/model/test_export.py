@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 
 import numpy as np
@@ -14,7 +15,7 @@ from medseg.cli.model import PARITY_TOLERANCE
 from medseg.model import build_sam2unet
 from medseg.model.checkpoint import save_checkpoint
 from medseg.model.export import ParityReport, sha256_of
-from medseg.modelcard import load_card_for
+from medseg.modelcard import ModelCard, load_card_for
 
 pytestmark = pytest.mark.slow
 
@@ -182,6 +183,28 @@ def test_an_export_that_fails_its_parity_check_leaves_the_old_model_in_place(
     monkeypatch.setitem(PARITY_TOLERANCE, "fp32", (-1.0, 0.0))  # no difference can pass
     assert main(argv) != 0
     assert "ONNX Runtime differs from PyTorch" in capsys.readouterr().err
+    assert (out.read_bytes(), load_card_for(out)) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "p.onnx", "p.pth"]
+
+
+def test_an_export_whose_card_cannot_be_written_leaves_the_old_model_and_card(
+    tmp_path, monkeypatch, capsys
+):
+    ckpt = tmp_path / "p.pth"
+    save_checkpoint(ckpt, build_sam2unet("phantom"), config_name="phantom")
+    out = tmp_path / "p.onnx"
+    argv = ["model", "export", "--checkpoint", str(ckpt), "-o", str(out)]
+    assert main(argv) == 0
+    before = (out.read_bytes(), load_card_for(out))
+
+    def disk_full(self, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ModelCard, "save", disk_full)
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err
+    monkeypatch.undo()
     assert (out.read_bytes(), load_card_for(out)) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "p.onnx", "p.pth"]
 
