@@ -48,6 +48,9 @@ class ModelCard:
     binaries from a model zoo). ``batch`` is None for a dynamic batch axis, else the fixed
     batch size the file was compiled for. ``slice_context_mm`` 0 replicates one slice into
     every channel; d > 0 gives the channels the series at -d, 0, +d mm (2.5-D input).
+    ``pixel_spacing_mm`` 0 resizes every whole slice to ``input_size``; s > 0 says the
+    network was trained on windows of ``input_size`` pixels at s mm, so slices are covered
+    by overlapping windows resampled to that spacing (``medseg.tiling``).
     """
 
     name: str
@@ -69,6 +72,7 @@ class ModelCard:
     quantized: bool = False
     test_time_flips: tuple[str, ...] = ()
     slice_context_mm: float = 0.0
+    pixel_spacing_mm: float = 0.0
     intended_use: str = "research only, not for clinical use"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -89,6 +93,7 @@ class ModelCard:
             raise ConfigError(f"model card {self.name}: at least one segment is required")
         check_flips(self.test_time_flips, f"model card {self.name}: test_time_flips")
         check_slice_context(self.slice_context_mm, self.channels, f"model card {self.name}")
+        check_pixel_spacing(self.pixel_spacing_mm, f"model card {self.name}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
@@ -135,6 +140,12 @@ def check_slice_context(context_mm: float, channels: int, what: str) -> None:
             f"{what}: slice_context_mm needs 3 input channels (-d, 0, +d mm), the model has "
             f"{channels}"
         )
+
+
+def check_pixel_spacing(spacing_mm: float, what: str) -> None:
+    """A model's working pixel spacing is a finite value >= 0 mm (0: whole slices)."""
+    if not math.isfinite(spacing_mm) or spacing_mm < 0:
+        raise ConfigError(f"{what}: pixel_spacing_mm must be a finite value >= 0, got {spacing_mm}")
 
 
 def parse_flips(text: str) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -43,6 +43,7 @@ from medseg.prompts import (
     plan_prompts,
     select_components,
 )
+from medseg.tiling import Region, TileBlender, crop_padded, slice_regions, tile_extent
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ def _prepare(
     if all(t.shape == voxels.shape[1:] for t in batch):  # whole slices: no copy per tile
         crops = voxels[[t.k for t in batch]]
     else:
-        crops = np.stack([voxels[t.k, t.r0 : t.r1, t.c0 : t.c1] for t in batch])
+        crops = np.stack([crop_padded(voxels[t.k], t.region, window.low) for t in batch])
     return preprocess_slices(crops, window, card), time.perf_counter() - start
 
 
@@ -236,7 +237,9 @@ def _prepare_with_context(
         }
     )
     row = {key: i for i, key in enumerate(keys)}
-    crops = np.stack([voxels[j, r0:r1, c0:c1] for j, r0, r1, c0, c1 in keys])
+    crops = np.stack(
+        [crop_padded(voxels[j], Region(r0, r1, c0, c1), window.low) for j, r0, r1, c0, c1 in keys]
+    )
     channel0 = preprocess_slices(crops, window, card)[:, 0]
     planes = np.stack(
         [
@@ -282,6 +285,15 @@ def _infer(engine: Engine, tensor: np.ndarray, flips: tuple[str, ...]) -> np.nda
     return total / np.float32(len(flips) + 1)
 
 
+def _sliding_tiles(volume: Volume, card: ModelCard) -> tuple[tuple[Tile, ...], TileBlender]:
+    """Every slice's windows at the card's pixel spacing (``medseg.tiling``): one whole
+    slice each without one), and the blender that merges their answers."""
+    shape = volume.shape[1:]
+    regions = slice_regions(shape, tile_extent(card, shape, volume.spacing[1:]))
+    tiles = tuple(Tile(k, *astuple(r)) for k in range(volume.shape[0]) for r in regions)
+    return tiles, TileBlender(shape, regions)
+
+
 def _run_tiles(
     volume: Volume,
     engine: Engine,
@@ -293,14 +305,19 @@ def _run_tiles(
     flips: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Probabilities (slices, rows, cols) from running every tile; preprocessing of the
-    next batch overlaps inference of the current one (numpy and ORT release the GIL)."""
+    next batch overlaps inference of the current one (numpy and ORT release the GIL).
+
+    Sliding windows (auto-segmentation) are blended by ``TileBlender``; prompt crops are
+    merged by their maximum (a crop answers only for its own prompt).
+    """
     from tqdm import tqdm
 
     timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
     probabilities = np.zeros(volume.shape, dtype=np.float32)
-    batches = list(_batches(plan.tiles, batch_size))
-    unit = "slice" if plan.keep is None else "crop"
-    bar = tqdm(total=len(plan.tiles), unit=unit, desc="segment", disable=not progress, leave=False)
+    tiles, blender = _sliding_tiles(volume, card) if plan.keep is None else (plan.tiles, None)
+    batches = list(_batches(tiles, batch_size))
+    unit = "crop" if blender is None else "slice" if blender.single else "window"
+    bar = tqdm(total=len(tiles), unit=unit, desc="segment", disable=not progress, leave=False)
     with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-prep") as pool:
         prepared = _prefetched(pool, volume.voxels, batches, window, card, volume.spacing[0])
         for batch, tensor, prep_seconds in prepared:
@@ -316,10 +333,15 @@ def _run_tiles(
                 )
             probs = to_probabilities(output, batch[0].shape, card)
             for tile, prob in zip(batch, probs, strict=True):
+                if blender is not None:
+                    blender.add(probabilities[tile.k], tile.region, prob)
+                    continue
                 region = probabilities[tile.k, tile.r0 : tile.r1, tile.c0 : tile.c1]
                 np.maximum(region, prob, out=region)
             timings["postprocess"] += time.perf_counter() - start
             bar.update(len(batch))
+    if blender is not None:
+        blender.finish(probabilities)
     return probabilities, timings
 
 

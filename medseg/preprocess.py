@@ -197,6 +197,12 @@ def preprocess_slices(slices: np.ndarray, window: IntensityWindow, card: ModelCa
     return out
 
 
+def channel0_values(unit: np.ndarray | float, card: ModelCard) -> np.ndarray:
+    """Windowed [0, 1] intensities in channel 0's normalisation (what training stores)."""
+    shifted = np.asarray(unit, dtype=np.float32) - np.float32(card.mean[0])
+    return shifted * np.float32(1.0 / card.std[0])
+
+
 def context_taps(
     k: int, n_slices: int, slice_spacing: float, card: ModelCard
 ) -> tuple[tuple[int, int, float], ...]:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from medseg.errors import PromptError
+from medseg.tiling import Region
 
 if TYPE_CHECKING:  # pragma: no cover
     from medseg.dicom.volume import Volume
@@ -131,7 +132,8 @@ def parse_point(text: str, space: Space = "index") -> PointPrompt:
 
 @dataclass(frozen=True)
 class Tile:
-    """A crop the network runs on: slice ``k``, rows ``[r0, r1)``, columns ``[c0, c1)``."""
+    """A crop the network runs on: slice ``k``, rows ``[r0, r1)``, columns ``[c0, c1)``
+    (a sliding window may reach past the slice's edges: that part is padding)."""
 
     k: int
     r0: int
@@ -142,6 +144,10 @@ class Tile:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.r1 - self.r0, self.c1 - self.c0)
+
+    @property
+    def region(self) -> Region:
+        return Region(self.r0, self.r1, self.c0, self.c1)
 
 
 @dataclass(frozen=True, eq=False)

@@ -77,6 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="2.5-D input for the card (default: what the checkpoint was trained with)",
     )
     export.add_argument(
+        "--pixel-spacing",
+        type=float,
+        metavar="MM",
+        help="the card's working pixel spacing (default: what the checkpoint was trained at)",
+    )
+    export.add_argument(
         "--flips",
         default="none",
         metavar="AXES",
@@ -110,11 +116,11 @@ def _config_arg(value: str | None) -> Any:
     return value
 
 
-def _slice_context(asked: float | None, training: dict[str, Any]) -> float:
-    """--slice-context when given, else what the checkpoint was trained with (0: none)."""
+def _trained_with(asked: float | None, training: dict[str, Any], key: str) -> float:
+    """The option when given, else what the checkpoint was trained with (0: none)."""
     if asked is not None:
         return float(asked)
-    return float(training.get("slice_context_mm") or 0.0)
+    return float(training.get(key) or 0.0)
 
 
 def run_export(args: argparse.Namespace) -> int:
@@ -156,7 +162,8 @@ def run_export(args: argparse.Namespace) -> int:
         version=args.model_version,
         threshold=args.threshold,
         test_time_flips=parse_flips(args.flips),
-        slice_context_mm=_slice_context(args.slice_context, training),
+        slice_context_mm=_trained_with(args.slice_context, training, "slice_context_mm"),
+        pixel_spacing_mm=_trained_with(args.pixel_spacing, training, "pixel_spacing_mm"),
         default_ct_window=args.window or training.get("window") or "abdomen",
     )
     real = None

@@ -70,6 +70,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="2.5-D input: the three channels are the series at -MM, 0, +MM mm (default 0: "
         "one slice in every channel); the exported card keeps it",
     )
+    parser.add_argument(
+        "--pixel-spacing",
+        type=float,
+        default=0.0,
+        metavar="MM",
+        help="train on windows of the model input size at this in-plane spacing; slices are "
+        "then served as overlapping windows at it (default 0: whole slices resized to the "
+        "input); the exported card keeps it",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--max-minutes", type=float, help="stop after this wall time")
@@ -107,6 +116,7 @@ def run_train(args: argparse.Namespace) -> int:
         crop_epochs=args.crop_epochs,
         window=args.window,
         slice_context_mm=args.slice_context,
+        pixel_spacing_mm=args.pixel_spacing,
         seed=args.seed,
         threads=args.threads,
         max_minutes=args.max_minutes,

@@ -44,13 +44,17 @@ class SliceSet:
     ``images`` holds channel 0 of the model input (n, H, W) float32: preprocessing
     replicates one grey image into every channel, so the others are rebuilt exactly from
     the card's mean/std (``to_model_input``) and memory drops threefold. ``masks`` is the
-    soft target (n, H, W) float32 in [0, 1].
+    soft target (n, H, W) float32 in [0, 1]. (H, W) is the card's input size, or the
+    series' own matrix when the card has a pixel spacing (``medseg.tiling``).
     """
 
     series_uid: str
     images: np.ndarray
     masks: np.ndarray
     slice_spacing: float = 0.0  # mm between slices, for slice context
+    # mm between rows and between columns of the stored slices: source pixels for a card
+    # with a pixel spacing (windows are cut at training time), unused without one
+    pixel_spacing: tuple[float, float] = (1.0, 1.0)
 
     def model_images(self, ks: np.ndarray | list[int], card: ModelCard) -> np.ndarray:
         """Slices ``ks`` as stored (n, H, W), or with slice context (n, C, H, W), both in
@@ -121,17 +125,32 @@ def load_pair(pair: TrainingPair, card: ModelCard, window: str | None = None) ->
     """Load one pair as preprocessed slices (the inference preprocessing, no shortcut)."""
     from medseg.dicom import load_series
     from medseg.maskio import mask_on_volume
-    from medseg.preprocess import preprocess_slices, resize_stack, resolve_window
+    from medseg.preprocess import (
+        channel0_values,
+        preprocess_slices,
+        resize_stack,
+        resolve_window,
+    )
 
     volume = load_series(list(pair.image_files), series_uid=pair.series_uid).volume
     mask = mask_on_volume(pair.mask_path, volume, segment=1)
     resolved = resolve_window(volume, window, card)
-    chunks = range(0, volume.shape[0], 16)  # bounded memory: 3-channel float32 is large
-    images = np.concatenate(
-        [preprocess_slices(volume.voxels[i : i + 16], resolved, card)[:, 0] for i in chunks]
+    if card.pixel_spacing_mm > 0:  # kept at the source matrix: windows are cut per step
+        images = channel0_values(resolved.apply(volume.voxels), card)
+        masks = mask.astype(np.float32)
+    else:
+        chunks = range(0, volume.shape[0], 16)  # bounded memory: 3-channel float32 is large
+        images = np.concatenate(
+            [preprocess_slices(volume.voxels[i : i + 16], resolved, card)[:, 0] for i in chunks]
+        )
+        masks = resize_stack(mask.astype(np.float32), card.input_size)
+    return SliceSet(
+        pair.series_uid,
+        images,
+        np.clip(masks, 0.0, 1.0),
+        volume.spacing[0],
+        (volume.spacing[1], volume.spacing[2]),
     )
-    masks = resize_stack(mask.astype(np.float32), card.input_size)
-    return SliceSet(pair.series_uid, images, np.clip(masks, 0.0, 1.0), volume.spacing[0])
 
 
 def to_model_input(channel0: np.ndarray, card: ModelCard) -> np.ndarray:

@@ -18,21 +18,27 @@ log = logging.getLogger(__name__)
 
 
 def volume_batch(volume: object, card: ModelCard, window: str | None = None) -> np.ndarray:
-    """All slices of a Volume as the model's float32 input (n, C, H, W)."""
+    """Every model input of a Volume (n, C, H, W) float32: each slice whole, or each of its
+    windows at the card's pixel spacing (``medseg.tiling``), window by window."""
     from medseg.preprocess import (
         context_planes,
         preprocess_slices,
         renormalise_channels,
         resolve_window,
     )
+    from medseg.tiling import crop_padded, slice_regions, tile_extent
 
     resolved = resolve_window(volume, window, card)  # type: ignore[arg-type]
-    batch = preprocess_slices(volume.voxels, resolved, card)  # type: ignore[attr-defined]
-    if card.slice_context_mm <= 0:
-        return batch
-    spacing = volume.spacing[0]  # type: ignore[attr-defined]
-    planes = context_planes(batch[:, 0], range(len(batch)), spacing, card)
-    return renormalise_channels(planes, card)
+    voxels, spacing = volume.voxels, volume.spacing  # type: ignore[attr-defined]
+    shape = voxels.shape[1:]
+    batches = []
+    for region in slice_regions(shape, tile_extent(card, shape, spacing[1:])):
+        batch = preprocess_slices(crop_padded(voxels, region, resolved.low), resolved, card)
+        if card.slice_context_mm > 0:
+            planes = context_planes(batch[:, 0], range(len(batch)), spacing[0], card)
+            batch = renormalise_channels(planes, card)
+        batches.append(batch)
+    return np.concatenate(batches)
 
 
 def dicom_slices(

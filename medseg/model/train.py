@@ -4,6 +4,11 @@ Encoder frozen (adapters + RFB + decoder trained) unless ``unfreeze_encoder``; s
 loss summed over the three outputs; AdamW with cosine decay; random flips; lesion slices
 oversampled. The best checkpoint (by validation Dice) is kept at ``output`` and the latest
 state, optimizer and scheduler included, at ``<output stem>.last.pth`` for ``resume``.
+
+Validation scores whole series as they are served (tiled and blended at the card's pixel
+spacing). Crop epochs are not validated, except the last one and one cut short by
+``max_minutes``: their Dice on whole series is not what they train for, and a tiled
+validation pass costs as much as tens of training steps.
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ from medseg.model.data import (
 )
 from medseg.model.losses import deep_supervision_loss
 from medseg.model.sam2unet import SAM2UNet
-from medseg.modelcard import ModelCard, check_slice_context
+from medseg.modelcard import ModelCard, check_pixel_spacing, check_slice_context
+from medseg.postprocess import to_probabilities
+from medseg.preprocess import channel0_values, resize_stack
+from medseg.tiling import Region, TileBlender, crop_padded, slice_regions, tile_extent
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +63,7 @@ class TrainOptions:
     steps_per_epoch: int | None = None
     lesion_share: float = 0.5
     slice_context_mm: float = 0.0  # > 0: channels are the series at -d, 0, +d mm
+    pixel_spacing_mm: float = 0.0  # > 0: train on windows at this spacing (medseg.tiling)
     crop: int | None = None  # train the first crop_epochs epochs on square crops this size
     crop_epochs: int | None = None  # default: every epoch
     window: str | None = None
@@ -78,6 +87,7 @@ class TrainOptions:
         if self.crop_epochs is not None and self.crop is None:
             raise ConfigError("--crop-epochs needs --crop")
         check_slice_context(self.slice_context_mm, 3, "--slice-context")
+        check_pixel_spacing(self.pixel_spacing_mm, "--pixel-spacing")
         if self.init is None and self.config is None:
             raise ConfigError("training from scratch (--init none) needs --config")
 
@@ -109,26 +119,55 @@ def last_path(output: Path) -> Path:
 
 
 def dice_on_sets(model: SAM2UNet, sets: list[SliceSet], card: ModelCard, batch: int = 8) -> float:
-    """Mean over series of the Dice of (logit > 0) against (mask >= 0.5) on all its slices.
+    """Mean over series of the Dice of the served mask against (mask >= 0.5) on all its slices.
 
-    Per series (1.0 when both are empty), like the evaluation of a segmented series: a
-    pooled Dice would let one large lesion hide a missed small one or a false alarm on a
-    lesion-free series.
+    The slices are tiled and blended as at inference (``medseg.tiling``: one window per
+    slice without a card pixel spacing) and thresholded at probability 0.5. Per series
+    (1.0 when both are empty), like the evaluation of a segmented series: a pooled Dice
+    would let one large lesion hide a missed small one or a false alarm on a lesion-free
+    series.
     """
     model.eval()
     scores = []
     with torch.inference_mode():
         for s in sets:
-            inter = total = 0
-            for start in range(0, len(s.images), batch):
-                ks = np.arange(start, min(start + batch, len(s.images)))
-                x = torch.from_numpy(to_model_input(s.model_images(ks, card), card))
-                pred = model(x)[0][:, 0].numpy() > 0.0
-                truth = s.masks[start : start + batch] >= 0.5
-                inter += int(np.logical_and(pred, truth).sum())
-                total += int(pred.sum()) + int(truth.sum())
+            prediction = _predict_series(model, s, card, batch)
+            pred, truth = prediction > np.float32(0.5), s.masks >= 0.5
+            total = int(pred.sum()) + int(truth.sum())
+            inter = int(np.logical_and(pred, truth).sum())
             scores.append(1.0 if total == 0 else 2.0 * inter / total)
     return float(np.mean(scores)) if scores else 1.0
+
+
+def _predict_series(model: SAM2UNet, s: SliceSet, card: ModelCard, batch: int) -> np.ndarray:
+    """Blended probabilities (n, H, W) of one stored series, window by window."""
+    shape = s.masks.shape[1:]
+    regions = slice_regions(shape, tile_extent(card, shape, s.pixel_spacing))
+    blender = TileBlender(shape, regions)
+    probabilities = np.zeros(s.masks.shape, dtype=np.float32)
+    windows = [(k, r) for k in range(len(s.masks)) for r in regions]
+    fill = _padding_value(card)
+    for start in range(0, len(windows), batch):
+        chunk = windows[start : start + batch]
+        planes = [crop_padded(s.model_images([k], card)[0], r, fill) for k, r in chunk]
+        x = np.stack([_resized(plane, card.input_size) for plane in planes])
+        logits = model(torch.from_numpy(to_model_input(x, card)))[0].numpy()
+        probs = to_probabilities(logits, chunk[0][1].shape, card)
+        for (k, region), prob in zip(chunk, probs, strict=True):
+            blender.add(probabilities[k], region, prob)
+    return blender.finish(probabilities)
+
+
+def _padding_value(card: ModelCard) -> float:
+    """Channel 0's value for a windowed 0 (what serving pads windows with)."""
+    return float(channel0_values(0.0, card))
+
+
+def _resized(planes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) or (C, H, W) resampled to ``size`` with the serving resize."""
+    return resize_stack(planes.reshape(-1, *planes.shape[-2:]), size).reshape(
+        *planes.shape[:-2], *size
+    )
 
 
 def _slice_index(sets: list[SliceSet]) -> list[tuple[SliceSet, int]]:
@@ -142,16 +181,20 @@ def _slice_index(sets: list[SliceSet]) -> list[tuple[SliceSet, int]]:
 
 def _gather(
     index: list[tuple[SliceSet, int]], idx: np.ndarray, card: ModelCard
-) -> tuple[np.ndarray, np.ndarray]:
-    """Copies of the slices at global numbers ``idx`` (with the card's slice context)."""
+) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int]]]:
+    """Copies of the slices at global numbers ``idx`` (with the card's slice context), and
+    the source pixels a whole model input covers on each (``medseg.tiling.tile_extent``)."""
     picked = [index[i] for i in idx]
-    images = np.stack([s.model_images([i], card)[0] for s, i in picked])
-    masks = np.stack([s.masks[i] for s, i in picked])
-    return images, masks
+    images = [s.model_images([i], card)[0] for s, i in picked]
+    masks = [s.masks[i].copy() for s, i in picked]
+    extents = [tile_extent(card, s.masks.shape[1:], s.pixel_spacing) for s, _ in picked]
+    return images, masks, extents
 
 
-def _flip_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator) -> None:
-    """Random vertical and horizontal flips, per sample, in place (images (n, [C,] H, W))."""
+def _flip_batch(
+    images: list[np.ndarray], masks: list[np.ndarray], rng: np.random.Generator
+) -> None:
+    """Random vertical and horizontal flips, per sample, in place (images ([C,] H, W))."""
     for i in range(len(images)):
         for axis in (-2, -1):
             if rng.random() < 0.5:
@@ -160,34 +203,63 @@ def _flip_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Generator)
 
 
 def _crop_batch(
-    images: np.ndarray, masks: np.ndarray, size: int, rng: np.random.Generator
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    extents: list[tuple[int, int]],
+    size: tuple[int, int],
+    card: ModelCard,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Square crops, each around a random lesion pixel when its slice has lesion.
+    """Windows of ``size`` model pixels, each around a random lesion pixel when its slice
+    has lesion, resampled from the source pixels they cover (``size / input_size`` of the
+    slice's extent): the same scale as serving's windows.
 
-    A 192-pixel crop costs about a third of a 352-pixel slice, so the same minutes see three
-    times the lesions; the last epochs run on whole slices so the network ends on the
-    geometry (and position embedding) it is served with.
+    A window that covers the whole slice is the slice itself (no random draw). A 192-pixel
+    crop costs about a third of a 352-pixel slice, so the same minutes see three times the
+    lesions; the last epochs run on whole inputs so the network ends on the geometry (and
+    position embedding) it is served with.
     """
-    n, rows, cols = len(images), *images.shape[-2:]
-    out_images = np.empty((*images.shape[:-2], size, size), dtype=images.dtype)
-    out_masks = np.empty((n, size, size), dtype=masks.dtype)
-    for i in range(n):
-        ys, xs = np.nonzero(masks[i] >= 0.5)
-        if len(ys):
-            pick = int(rng.integers(len(ys)))
-            top = _crop_start(int(ys[pick]), rows, size, rng)
-            left = _crop_start(int(xs[pick]), cols, size, rng)
-        else:
-            top = int(rng.integers(rows - size + 1))
-            left = int(rng.integers(cols - size + 1))
-        out_images[i] = images[i, ..., top : top + size, left : left + size]
-        out_masks[i] = masks[i, top : top + size, left : left + size]
+    fill = _padding_value(card)
+    out_images = np.empty((len(images), *images[0].shape[:-2], *size), dtype=np.float32)
+    out_masks = np.empty((len(masks), *size), dtype=np.float32)
+    for i, (image, mask, extent) in enumerate(zip(images, masks, extents, strict=True)):
+        shape = mask.shape
+        span = [round(n * e / m) for n, e, m in zip(size, extent, card.input_size, strict=True)]
+        region = _place_window(mask, shape, span, rng)
+        out_images[i] = _resized(crop_padded(image, region, fill), size)
+        out_masks[i] = _resized(crop_padded(mask, region, 0.0), size)
     return out_images, out_masks
 
 
+def _place_window(
+    mask: np.ndarray, shape: tuple[int, int], span: list[int], rng: np.random.Generator
+) -> Region:
+    if span[0] >= shape[0] and span[1] >= shape[1]:
+        top, left = ((n - w) // 2 for n, w in zip(shape, span, strict=True))
+    else:
+        ys, xs = np.nonzero(mask >= 0.5)
+        if len(ys):
+            pick = int(rng.integers(len(ys)))
+            top = _crop_start(int(ys[pick]), shape[0], span[0], rng)
+            left = _crop_start(int(xs[pick]), shape[1], span[1], rng)
+        else:
+            top = _random_start(shape[0], span[0], rng)
+            left = _random_start(shape[1], span[1], rng)
+    return Region(top, top + span[0], left, left + span[1])
+
+
 def _crop_start(inside: int, length: int, size: int, rng: np.random.Generator) -> int:
-    """A random crop start in [0, length - size] whose crop covers pixel ``inside``."""
+    """A random crop start in [0, length - size] whose crop covers pixel ``inside``
+    (centred, padded, when the crop is not smaller than the slice)."""
+    if size >= length:
+        return (length - size) // 2
     return int(rng.integers(max(0, inside - size + 1), min(length - size, inside) + 1))
+
+
+def _random_start(length: int, size: int, rng: np.random.Generator) -> int:
+    if size >= length:
+        return (length - size) // 2
+    return int(rng.integers(length - size + 1))
 
 
 def _check_crop(crop: int | None, model: SAM2UNet, input_size: tuple[int, int]) -> None:
@@ -227,7 +299,11 @@ def _train(options: TrainOptions) -> TrainResult:
     torch.manual_seed(options.seed)
     rng = np.random.default_rng(options.seed)
     # the default input contract the exported card keeps (plus the slice context)
-    card = ModelCard(name="training", slice_context_mm=options.slice_context_mm)
+    card = ModelCard(
+        name="training",
+        slice_context_mm=options.slice_context_mm,
+        pixel_spacing_mm=options.pixel_spacing_mm,
+    )
     model, config_name = _build_model(options)
     _check_crop(options.crop, model, card.input_size)
 
@@ -287,6 +363,7 @@ def _train(options: TrainOptions) -> TrainResult:
         "slices_train": n_slices,
         "crop": options.crop,
         "slice_context_mm": options.slice_context_mm,
+        "pixel_spacing_mm": options.pixel_spacing_mm,
         "crop_epochs": options.crop_epoch_count or None,
         "seed": options.seed,
         "command": options.command,
@@ -302,12 +379,12 @@ def _train(options: TrainOptions) -> TrainResult:
             leave=False,
         )
         crop = options.crop if epoch < options.crop_epoch_count else None
+        size = (crop, crop) if crop is not None else card.input_size
         for _ in bar:
             idx = rng.choice(n_slices, size=options.batch_size, p=weights)
-            x_np, y_np = _gather(slices, idx, card)
-            _flip_batch(x_np, y_np, rng)
-            if crop is not None:
-                x_np, y_np = _crop_batch(x_np, y_np, crop, rng)
+            images, masks, extents = _gather(slices, idx, card)
+            _flip_batch(images, masks, rng)
+            x_np, y_np = _crop_batch(images, masks, extents, size, card, rng)
             x = torch.from_numpy(to_model_input(x_np, card))
             y = torch.from_numpy(y_np)[:, None]
             loss = deep_supervision_loss(model(x), y)
@@ -317,11 +394,17 @@ def _train(options: TrainOptions) -> TrainResult:
             scheduler.step()
             losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        val = dice_on_sets(model, val_sets, card) if val_sets else None
+        last = epoch + 1 == options.epochs
+        elapsed = (time.monotonic() - started) / 60.0
+        stopping = options.max_minutes is not None and elapsed > options.max_minutes and not last
+        validate = bool(val_sets) and (
+            crop is None or last or stopping or epoch + 1 == options.crop_epoch_count
+        )
+        val = dice_on_sets(model, val_sets, card) if validate else None
         record = EpochRecord(epoch + 1, float(np.mean(losses)), val, time.monotonic() - tick)
         history.append(record)
         score = val if val is not None else -record.mean_loss
-        improved = score > best_dice
+        improved = (validate or not val_sets) and score > best_dice
         if improved:
             best_dice, best_epoch = score, epoch + 1
         message = (
@@ -356,9 +439,7 @@ def _train(options: TrainOptions) -> TrainResult:
             torch_rng=torch.get_rng_state(),
             history=[vars(r) for r in history],
         )
-        elapsed = (time.monotonic() - started) / 60.0
-        last = epoch + 1 == options.epochs
-        if options.max_minutes is not None and elapsed > options.max_minutes and not last:
+        if stopping:
             log.warning("stopping after %.1f min (--max-minutes)", elapsed)
             break
     return TrainResult(options.output, best_dice if val_sets else None, best_epoch, tuple(history))

@@ -111,7 +111,9 @@ def test_lesion_slices_are_cropped_around_their_lesion_and_empty_ones_anywhere()
     for i in range(20):  # one small lesion per slice, some at the very edge
         y, x = rng.integers(0, 94, size=2)
         masks[i, y : y + 3, x : x + 3] = 1.0
-    crops, crop_masks = _crop_batch(images, masks, 32, rng)
+    card = ModelCard(name="t", input_size=(96, 96))  # stored slices are the model input
+    extents = [(96, 96)] * 40
+    crops, crop_masks = _crop_batch(list(images), list(masks), extents, (32, 32), card, rng)
     assert crops.shape == crop_masks.shape == (40, 32, 32)
     assert all(crop_masks[i].max() == 1.0 for i in range(20))
     assert not crop_masks[20:].any()
@@ -175,6 +177,28 @@ def test_a_slice_context_run_is_recorded_and_reaches_the_exported_card(toy_data,
     onnx_path = tmp_path / "ctx.onnx"
     assert main(["model", "export", "--checkpoint", str(options.output), "-o", str(onnx_path)]) == 0
     assert ModelCard.load(onnx_path.with_suffix(".json")).slice_context_mm == 2.5
+
+
+@pytest.mark.slow
+def test_a_pixel_spacing_run_trains_and_validates_on_windows_and_its_card_keeps_it(
+    toy_data, tmp_path
+):
+    """Windows at 0.1 mm: 44x50 source pixels of the 64x64 toy slices (0.8 x 0.7 mm), four
+    per slice; crops of 96 model pixels cover 12x14 of them. Export calibrates on windows."""
+    root, _ = toy_data
+    options = _scratch_options(
+        root, tmp_path / "px.pth", epochs=2, crop=96, crop_epochs=1, pixel_spacing_mm=0.1
+    )
+    result = train(options)
+    assert [r.val_dice is not None for r in result.history] == [True, True]  # last crop epoch
+    assert load_checkpoint(options.output).extra["training"]["pixel_spacing_mm"] == 0.1
+    onnx_path = tmp_path / "px.onnx"
+    data = str(next(root.iterdir()) / "images")
+    args = ["--checkpoint", str(options.output), "-o", str(onnx_path), "--check-data", data]
+    assert main(["model", "export", *args]) == 0
+    card = ModelCard.load(onnx_path.with_suffix(".json"))
+    assert card.pixel_spacing_mm == 0.1
+    assert card.extra["provenance"]["parity"]["real_slices"] == 6 * 4  # slices x windows
 
 
 def test_a_negative_slice_context_is_refused(tmp_path):
@@ -281,8 +305,10 @@ def test_batches_gather_the_right_slices_across_series():
         for k, n in ((1, 3), (2, 1), (3, 4))
     ]
     card = ModelCard(name="t")
-    images, masks = _gather(_slice_index(sets), np.array([0, 3, 4, 7, 2]), card)
-    assert images[:, 0, 0].tolist() == [1, 2, 3, 3, 1]
-    assert masks[:, 0, 0].tolist() == [-1, -2, -3, -3, -1]
-    images[0] = 99  # a copy: the data set is untouched
-    assert sets[0].images.max() == 1
+    images, masks, extents = _gather(_slice_index(sets), np.array([0, 3, 4, 7, 2]), card)
+    assert [int(i[0, 0]) for i in images] == [1, 2, 3, 3, 1]
+    assert [int(m[0, 0]) for m in masks] == [-1, -2, -3, -3, -1]
+    assert extents == [(2, 2)] * 5  # without a card pixel spacing: the whole stored slice
+    images[0][:] = 99  # copies: the data set is untouched
+    masks[0][:] = 99
+    assert sets[0].images.max() == 1 and sets[0].masks.max() == -1

@@ -113,7 +113,8 @@ def test_training_export_and_serving_build_the_same_input(tmp_path: Path) -> Non
     exported = volume_batch(volume, card, "150/300")
     stored = volume_batch(volume, ModelCard(name="x", input_size=SIZE), "150/300")[:, 0]
     sset = SliceSet("1.2.3", stored, np.zeros_like(stored), SPACING[0])
-    trained = to_model_input(_gather([(sset, k) for k in range(6)], np.arange(6), card)[0], card)
+    gathered = _gather([(sset, k) for k in range(6)], np.arange(6), card)[0]
+    trained = to_model_input(np.stack(gathered), card)
     np.testing.assert_array_equal(served, exported)
     np.testing.assert_allclose(trained, served, atol=1e-6)
     unit = (
