@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -43,7 +43,7 @@ from medseg.prompts import (
     plan_prompts,
     select_components,
 )
-from medseg.tiling import Region, TileBlender, crop_padded, slice_regions, tile_extent
+from medseg.tiling import TileBlender, crop_padded, slice_regions, tile_extent
 
 log = logging.getLogger(__name__)
 
@@ -228,22 +228,20 @@ def _prepare_with_context(
     training blends its stored slices (``medseg.preprocess.blend_taps``).
     """
     taps = [context_taps(t.k, len(voxels), slice_spacing, card) for t in batch]
-    keys = sorted(
-        {
-            (j, t.r0, t.r1, t.c0, t.c1)
+    keys = list(
+        dict.fromkeys(
+            Tile(j, t.region)
             for t, tile_taps in zip(batch, taps, strict=True)
             for lower, upper, _ in tile_taps
             for j in (lower, upper)
-        }
+        )
     )
     row = {key: i for i, key in enumerate(keys)}
-    crops = np.stack(
-        [crop_padded(voxels[j], Region(r0, r1, c0, c1), window.low) for j, r0, r1, c0, c1 in keys]
-    )
+    crops = np.stack([crop_padded(voxels[key.k], key.region, window.low) for key in keys])
     channel0 = preprocess_slices(crops, window, card)[:, 0]
     planes = np.stack(
         [
-            blend_taps(tile_taps, lambda j, t=t: channel0[row[(j, t.r0, t.r1, t.c0, t.c1)]])
+            blend_taps(tile_taps, lambda j, t=t: channel0[row[Tile(j, t.region)]])
             for t, tile_taps in zip(batch, taps, strict=True)
         ]
     )
@@ -290,7 +288,7 @@ def _sliding_tiles(volume: Volume, card: ModelCard) -> tuple[tuple[Tile, ...], T
     slice each without one), and the blender that merges their answers."""
     shape = volume.shape[1:]
     regions = slice_regions(shape, tile_extent(card, shape, volume.spacing[1:]))
-    tiles = tuple(Tile(k, *astuple(r)) for k in range(volume.shape[0]) for r in regions)
+    tiles = tuple(Tile(k, r) for k in range(volume.shape[0]) for r in regions)
     return tiles, TileBlender(shape, regions)
 
 
@@ -336,7 +334,8 @@ def _run_tiles(
                 if blender is not None:
                     blender.add(probabilities[tile.k], tile.region, prob)
                     continue
-                region = probabilities[tile.k, tile.r0 : tile.r1, tile.c0 : tile.c1]
+                r = tile.region
+                region = probabilities[tile.k, r.r0 : r.r1, r.c0 : r.c1]
                 np.maximum(region, prob, out=region)
             timings["postprocess"] += time.perf_counter() - start
             bar.update(len(batch))

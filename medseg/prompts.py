@@ -132,22 +132,15 @@ def parse_point(text: str, space: Space = "index") -> PointPrompt:
 
 @dataclass(frozen=True)
 class Tile:
-    """A crop the network runs on: slice ``k``, rows ``[r0, r1)``, columns ``[c0, c1)``
-    (a sliding window may reach past the slice's edges: that part is padding)."""
+    """A crop the network runs on: ``region`` of slice ``k`` (a sliding window may reach
+    past the slice's edges: that part is padding)."""
 
     k: int
-    r0: int
-    r1: int
-    c0: int
-    c1: int
+    region: Region
 
     @property
     def shape(self) -> tuple[int, int]:
-        return (self.r1 - self.r0, self.c1 - self.c0)
-
-    @property
-    def region(self) -> Region:
-        return Region(self.r0, self.r1, self.c0, self.c1)
+        return self.region.shape
 
 
 @dataclass(frozen=True, eq=False)
@@ -244,7 +237,7 @@ def plan_prompts(
     slices, rows, cols = volume.shape
     if not prompts or all(isinstance(p, PointPrompt) and not p.positive for p in prompts):
         negative = tuple(_point_index(p, volume) for p in prompts)  # type: ignore[arg-type]
-        tiles = tuple(Tile(k, 0, rows, 0, cols) for k in range(slices))
+        tiles = tuple(Tile(k, Region(0, rows, 0, cols)) for k in range(slices))
         return PromptPlan(tiles, None, None, None, (), negative)
     tiles: list[Tile] = []
     box_region = np.zeros(volume.shape, dtype=bool)
@@ -259,7 +252,7 @@ def plan_prompts(
             mc = _reach(box_margin * (c1 - c0 + 1), cols, 4)
             tr0, tr1 = max(0, r0 - mr), min(rows, r1 + 1 + mr)
             tc0, tc1 = max(0, c0 - mc), min(cols, c1 + 1 + mc)
-            tiles.extend(Tile(k, tr0, tr1, tc0, tc1) for k in range(k0, k1 + 1))
+            tiles.extend(Tile(k, Region(tr0, tr1, tc0, tc1)) for k in range(k0, k1 + 1))
             continue
         k, j, i = _point_index(prompt, volume)
         (positive if prompt.positive else negative).append((k, j, i))
@@ -273,7 +266,7 @@ def plan_prompts(
         tr0, tr1 = max(0, j - hr), min(rows, j + hr + 1)
         tc0, tc1 = max(0, i - hc), min(cols, i + hc + 1)
         point_region[ks.start : ks.stop, tr0:tr1, tc0:tc1] = True
-        tiles.extend(Tile(kk, tr0, tr1, tc0, tc1) for kk in ks)
+        tiles.extend(Tile(kk, Region(tr0, tr1, tc0, tc1)) for kk in ks)
     keep = box_region | point_region
     return PromptPlan(
         tuple(dict.fromkeys(tiles)),  # drop exact duplicates, keep order

@@ -15,6 +15,7 @@ import pytest
 from medseg.errors import ConfigError, PromptError
 from medseg.pipeline import SegmentOptions, segment_volume
 from medseg.prompts import BoxPrompt, PointPrompt, plan_prompts
+from medseg.tiling import Region
 from tests.pipeline.helpers import bright_engine, make_volume
 
 SHAPE = (4, 16, 16)  # slices, rows, cols
@@ -43,7 +44,10 @@ def _run(engine, prompts, **options) -> np.ndarray:
 def test_edge_point_plans_the_outermost_voxel() -> None:
     plan = plan_prompts([PointPrompt(15.5, 15.5, 3.5)], _volume(), point_crop_mm=8.0)
     assert plan.positive == ((3, 15, 15),)
-    assert all(t.k < SHAPE[0] and t.r1 <= SHAPE[1] and t.c1 <= SHAPE[2] for t in plan.tiles)
+    inside = (
+        t.k < SHAPE[0] and t.region.r1 <= SHAPE[1] and t.region.c1 <= SHAPE[2] for t in plan.tiles
+    )
+    assert all(inside)
     low = plan_prompts([PointPrompt(-0.5, -0.5, -0.5)], _volume(), point_crop_mm=8.0)
     assert low.positive == ((0, 0, 0),)
 
@@ -121,7 +125,7 @@ def test_other_float_options_refuse_non_finite_values(options: dict) -> None:
 def test_huge_finite_sizes_mean_the_whole_slice_without_overflow() -> None:
     volume = _volume()
     box = plan_prompts([BoxPrompt(6, 6, 8, 8, 1, 1)], volume, box_margin=1e308)
-    assert [(t.r0, t.r1, t.c0, t.c1) for t in box.tiles] == [(0, 16, 0, 16)]
+    assert [t.region for t in box.tiles] == [Region(0, 16, 0, 16)]
     point = plan_prompts([PointPrompt(5, 5, 1)], volume, point_crop_mm=1e308)
     assert len(point.tiles) == SHAPE[0]
-    assert all((t.r0, t.r1, t.c0, t.c1) == (0, 16, 0, 16) for t in point.tiles)
+    assert all(t.region == Region(0, 16, 0, 16) for t in point.tiles)

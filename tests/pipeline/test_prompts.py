@@ -11,6 +11,7 @@ import pytest
 from medseg.errors import PromptError
 from medseg.pipeline import SegmentOptions, segment_volume
 from medseg.prompts import BoxPrompt, PointPrompt, parse_box, parse_point, plan_prompts
+from medseg.tiling import Region
 from tests.pipeline.helpers import balls, bright_engine, make_volume
 
 SHAPE = (12, 64, 80)  # slices, rows, cols
@@ -171,7 +172,7 @@ def test_box_at_the_image_corner_clips_its_margin(engine) -> None:
     np.testing.assert_array_equal(mask, corner)
     plan = plan_prompts([BoxPrompt(0, 0, 29, 29)], volume)
     # margin max(4, round(0.15 * 30)) = 4 voxels, clipped at 0 on the corner side
-    assert all((t.r0, t.c0, t.r1, t.c1) == (0, 0, 34, 34) for t in plan.tiles)
+    assert all(t.region == Region(0, 34, 0, 34) for t in plan.tiles)
 
 
 def test_concurrent_jobs_sharing_one_engine_match_serial_runs(engine) -> None:

@@ -23,6 +23,7 @@ from medseg.modelcard import IMAGENET_MEAN, IMAGENET_STD, ModelCard
 from medseg.pipeline import SegmentOptions, segment_volume
 from medseg.preprocess import context_taps, resolve_window
 from medseg.prompts import Tile, parse_box
+from medseg.tiling import Region
 from tests.pipeline.helpers import make_volume
 from tests.tiny_models import channel_slice, save_nchw_model
 
@@ -108,7 +109,7 @@ def test_training_export_and_serving_build_the_same_input(tmp_path: Path) -> Non
     rng = np.random.default_rng(3)
     volume = make_volume(rng.normal(40, 100, size=(6, *SIZE)).astype(np.float32), spacing=SPACING)
     window = resolve_window(volume, "150/300", card)
-    tiles = [Tile(k, 0, SIZE[0], 0, SIZE[1]) for k in range(6)]
+    tiles = [Tile(k, Region(0, SIZE[0], 0, SIZE[1])) for k in range(6)]
     served, _ = pipeline._prepare(volume.voxels, tiles, window, card, SPACING[0])
     exported = volume_batch(volume, card, "150/300")
     stored = volume_batch(volume, ModelCard(name="x", input_size=SIZE), "150/300")[:, 0]

@@ -144,7 +144,7 @@ def test_serving_cuts_windows_of_the_card_spacing(tmp_path: Path) -> None:
     assert len(tiles) == 2 * 3 * 5
     assert {t.shape for t in tiles} == {(16, 16)}
     starts = [(r, c) for r in (0, 12, 24) for c in (0, 10, 20, 30, 40)]
-    assert [(t.r0, t.c0) for t in tiles if t.k == 1] == starts
+    assert [(t.region.r0, t.region.c0) for t in tiles if t.k == 1] == starts
 
 
 def test_training_export_and_serving_cut_the_same_window_inputs() -> None:
@@ -155,7 +155,7 @@ def test_training_export_and_serving_cut_the_same_window_inputs() -> None:
     volume = make_volume(voxels, spacing=(2.0, 1.0, 1.0))
     window = resolve_window(volume, "150/300", card)
     tiles, _ = pipeline._sliding_tiles(volume, card)
-    assert {(t.r0, t.r1, t.c0, t.c1) for t in tiles} == {(-2, 22, 0, 24), (-2, 22, 6, 30)}
+    assert {t.region for t in tiles} == {Region(-2, 22, 0, 24), Region(-2, 22, 6, 30)}
     served, _ = pipeline._prepare(volume.voxels, list(tiles), window, card, 2.0)
     # export calibration orders window-major (all slices of window 0, then window 1, ...)
     per_window = len(tiles) // 4
