@@ -284,8 +284,8 @@ def _infer(engine: Engine, tensor: np.ndarray, flips: tuple[str, ...]) -> np.nda
 
 
 def _sliding_tiles(volume: Volume, card: ModelCard) -> tuple[tuple[Tile, ...], TileBlender]:
-    """Every slice's windows at the card's pixel spacing (``medseg.tiling``): one whole
-    slice each without one), and the blender that merges their answers."""
+    """Every slice's windows at the card's pixel spacing (``medseg.tiling``; the whole
+    slice without one) and the blender that merges their answers."""
     shape = volume.shape[1:]
     regions = slice_regions(shape, tile_extent(card, shape, volume.spacing[1:]))
     tiles = tuple(Tile(k, r) for k in range(volume.shape[0]) for r in regions)

@@ -147,7 +147,8 @@ class Tile:
 class PromptPlan:
     """What to run and what to keep, in voxel indices of one volume.
 
-    ``keep`` is None for auto-segmentation (every slice whole, everything kept); otherwise
+    ``keep`` is None for auto-segmentation (everything kept; ``tiles`` is then empty: the
+    pipeline covers every slice with the model's windows, ``medseg.tiling``); otherwise
     the voxels the network's answer may survive in. ``box_region``/``point_region`` split it
     by origin for component selection; seeds are (k, j, i) voxel indices.
     """
@@ -237,8 +238,7 @@ def plan_prompts(
     slices, rows, cols = volume.shape
     if not prompts or all(isinstance(p, PointPrompt) and not p.positive for p in prompts):
         negative = tuple(_point_index(p, volume) for p in prompts)  # type: ignore[arg-type]
-        tiles = tuple(Tile(k, Region(0, rows, 0, cols)) for k in range(slices))
-        return PromptPlan(tiles, None, None, None, (), negative)
+        return PromptPlan((), None, None, None, (), negative)
     tiles: list[Tile] = []
     box_region = np.zeros(volume.shape, dtype=bool)
     point_region = np.zeros(volume.shape, dtype=bool)

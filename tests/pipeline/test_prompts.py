@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medseg import pipeline
 from medseg.errors import PromptError
+from medseg.modelcard import ModelCard
 from medseg.pipeline import SegmentOptions, segment_volume
 from medseg.prompts import BoxPrompt, PointPrompt, parse_box, parse_point, plan_prompts
 from medseg.tiling import Region
@@ -80,11 +82,13 @@ def test_mm_point_maps_through_the_volume_geometry() -> None:
     assert {t.k for t in plan.tiles} == {4, 5, 6, 7, 8}  # 2 mm slices within 4 mm
 
 
-def test_no_prompt_plans_every_whole_slice() -> None:
+def test_no_prompt_leaves_the_slices_to_the_pipelines_windows() -> None:
     volume, _ = _volume()
     plan = plan_prompts([], volume)
-    assert plan.keep is None and len(plan.tiles) == SHAPE[0]
-    assert all(t.shape == SHAPE[1:] for t in plan.tiles)
+    assert plan.keep is None and plan.tiles == ()
+    tiles, _ = pipeline._sliding_tiles(volume, ModelCard(name="whole"))
+    assert [t.k for t in tiles] == list(range(SHAPE[0]))
+    assert all(t.region == Region(0, SHAPE[1], 0, SHAPE[2]) for t in tiles)
 
 
 @pytest.fixture
