@@ -40,7 +40,14 @@ from medseg.model.sam2unet import SAM2UNet
 from medseg.modelcard import ModelCard, check_pixel_spacing, check_slice_context
 from medseg.postprocess import to_probabilities
 from medseg.preprocess import channel0_values, resize_stack
-from medseg.tiling import Region, TileBlender, crop_padded, slice_regions, tile_extent
+from medseg.tiling import (
+    Region,
+    TileBlender,
+    crop_padded,
+    slice_regions,
+    tile_extent,
+    window_starts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +156,8 @@ def _predict_series(model: SAM2UNet, s: SliceSet, card: ModelCard, batch: int) -
     fill = _padding_value(card)
     for start in range(0, len(windows), batch):
         chunk = windows[start : start + batch]
-        planes = [crop_padded(s.model_images([k], card)[0], r, fill) for k, r in chunk]
+        slices = {k: s.model_images([k], card)[0] for k in dict.fromkeys(k for k, _ in chunk)}
+        planes = [crop_padded(slices[k], r, fill) for k, r in chunk]
         x = np.stack([_resized(plane, card.input_size) for plane in planes])
         logits = model(torch.from_numpy(to_model_input(x, card)))[0].numpy()
         probs = to_probabilities(logits, chunk[0][1].shape, card)
@@ -235,7 +243,7 @@ def _place_window(
     mask: np.ndarray, shape: tuple[int, int], span: list[int], rng: np.random.Generator
 ) -> Region:
     if span[0] >= shape[0] and span[1] >= shape[1]:
-        top, left = ((n - w) // 2 for n, w in zip(shape, span, strict=True))
+        top, left = (window_starts(n, w)[0] for n, w in zip(shape, span, strict=True))
     else:
         ys, xs = np.nonzero(mask >= 0.5)
         if len(ys):
@@ -250,15 +258,15 @@ def _place_window(
 
 def _crop_start(inside: int, length: int, size: int, rng: np.random.Generator) -> int:
     """A random crop start in [0, length - size] whose crop covers pixel ``inside``
-    (centred, padded, when the crop is not smaller than the slice)."""
+    (centred and padded as serving's windows when the crop is not smaller than the slice)."""
     if size >= length:
-        return (length - size) // 2
+        return window_starts(length, size)[0]
     return int(rng.integers(max(0, inside - size + 1), min(length - size, inside) + 1))
 
 
 def _random_start(length: int, size: int, rng: np.random.Generator) -> int:
     if size >= length:
-        return (length - size) // 2
+        return window_starts(length, size)[0]
     return int(rng.integers(length - size + 1))
 
 
