@@ -51,6 +51,8 @@ class ModelCard:
     ``pixel_spacing_mm`` 0 resizes every whole slice to ``input_size``; s > 0 says the
     network was trained on windows of ``input_size`` pixels at s mm, so slices are covered
     by overlapping windows resampled to that spacing (``medseg.tiling``).
+    ``refine_radius_mm`` > 0 redraws mask borders along the image's edges with a guided
+    filter of that box radius and regularisation ``refine_eps`` (``medseg.refine``).
     """
 
     name: str
@@ -73,6 +75,8 @@ class ModelCard:
     test_time_flips: tuple[str, ...] = ()
     slice_context_mm: float = 0.0
     pixel_spacing_mm: float = 0.0
+    refine_radius_mm: float = 0.0
+    refine_eps: float = 1e-4
     intended_use: str = "research only, not for clinical use"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -94,6 +98,7 @@ class ModelCard:
         check_flips(self.test_time_flips, f"model card {self.name}: test_time_flips")
         check_slice_context(self.slice_context_mm, self.channels, f"model card {self.name}")
         check_pixel_spacing(self.pixel_spacing_mm, f"model card {self.name}")
+        check_refinement(self.refine_radius_mm, self.refine_eps, f"model card {self.name}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
@@ -146,6 +151,16 @@ def check_pixel_spacing(spacing_mm: float, what: str) -> None:
     """A model's working pixel spacing is a finite value >= 0 mm (0: whole slices)."""
     if not math.isfinite(spacing_mm) or spacing_mm < 0:
         raise ConfigError(f"{what}: pixel_spacing_mm must be a finite value >= 0, got {spacing_mm}")
+
+
+def check_refinement(radius_mm: float, eps: float, what: str) -> None:
+    """Edge refinement: box radius finite >= 0 mm (0: off), eps finite > 0."""
+    if not math.isfinite(radius_mm) or radius_mm < 0:
+        raise ConfigError(
+            f"{what}: refinement radius must be a finite value >= 0 mm, got {radius_mm}"
+        )
+    if not math.isfinite(eps) or eps <= 0:
+        raise ConfigError(f"{what}: refinement eps must be a finite value > 0, got {eps}")
 
 
 def parse_flips(text: str) -> tuple[str, ...]:

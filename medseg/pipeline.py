@@ -25,7 +25,13 @@ from medseg.dicom.volume import Volume
 from medseg.engine import open_engine
 from medseg.engine.base import Engine
 from medseg.errors import ConfigError, ModelError, PromptError
-from medseg.modelcard import ModelCard, check_flips, default_model_path, load_card_for
+from medseg.modelcard import (
+    ModelCard,
+    check_flips,
+    check_refinement,
+    default_model_path,
+    load_card_for,
+)
 from medseg.postprocess import CleanupOptions, clean_mask, threshold, to_probabilities
 from medseg.preprocess import (
     IntensityWindow,
@@ -43,6 +49,7 @@ from medseg.prompts import (
     plan_prompts,
     select_components,
 )
+from medseg.refine import Refinement, refine_probabilities
 from medseg.tiling import TileBlender, crop_padded, slice_regions, tile_extent
 
 log = logging.getLogger(__name__)
@@ -54,8 +61,9 @@ STAGES = ("load", "preprocess", "infer", "postprocess", "write", "preview")
 class SegmentOptions:
     """Everything one segmentation job can be told; validated on construction.
 
-    ``model`` None means the bundled default model. ``threshold`` None means the model
-    card's. ``window`` is a spec for :func:`medseg.preprocess.resolve_window`.
+    ``model`` None means the bundled default model. ``threshold``, ``test_time_flips`` and
+    ``refine_radius_mm`` None mean the model card's (a radius of 0 turns the card's edge
+    refinement off). ``window`` is a spec for :func:`medseg.preprocess.resolve_window`.
     """
 
     model: Path | None = None
@@ -65,6 +73,7 @@ class SegmentOptions:
     window: str = "auto"
     threshold: float | None = None
     test_time_flips: tuple[str, ...] | None = None
+    refine_radius_mm: float | None = None
     prompts: tuple[Prompt, ...] = ()
     series_uid: str | None = None
     min_component_mm3: float = 0.0
@@ -83,6 +92,8 @@ class SegmentOptions:
             raise ConfigError(f"threshold must lie in (0, 1), got {self.threshold}")
         if self.test_time_flips is not None:
             check_flips(self.test_time_flips, "test-time flips")
+        if self.refine_radius_mm is not None:
+            check_refinement(self.refine_radius_mm, 1.0, "edge refinement")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.batch_size < 1:
@@ -344,6 +355,12 @@ def _run_tiles(
     return probabilities, timings
 
 
+def _refinement(card: ModelCard, options: SegmentOptions) -> Refinement:
+    """The card's edge refinement, unless the job names its own radius."""
+    radius = card.refine_radius_mm if options.refine_radius_mm is None else options.refine_radius_mm
+    return Refinement(radius, card.refine_eps)
+
+
 def segment_volume_result(
     volume: Volume,
     engine: Engine,
@@ -358,21 +375,30 @@ def segment_volume_result(
         options.prompts, volume, box_margin=options.box_margin, point_crop_mm=options.point_crop_mm
     )
     flips = card.test_time_flips if options.test_time_flips is None else options.test_time_flips
+    refinement = _refinement(card, options)
     log.info(
-        "segmenting %d slices, %d tiles, window %s, engine %s, test-time flips %s",
+        "segmenting %d slices, %d tiles, window %s, engine %s, test-time flips %s, "
+        "edge refinement %s",
         volume.shape[0],
         len(plan.tiles),
         window.source,
         engine.name,
         ",".join(flips) or "none",
+        f"{refinement.radius_mm:g} mm" if refinement.enabled else "off",
     )
     probabilities, timings = _run_tiles(
         volume, engine, card, window, plan, options.batch_size, progress, flips
     )
     start = time.perf_counter()
+    level = card.threshold if options.threshold is None else options.threshold
     if plan.keep is not None:
         probabilities[~plan.keep] = 0.0
-    level = card.threshold if options.threshold is None else options.threshold
+    if refinement.enabled:
+        probabilities = refine_probabilities(
+            probabilities, volume.voxels, window, volume.spacing[1:], level, refinement
+        )
+        if plan.keep is not None:
+            probabilities[~plan.keep] = 0.0
     raw = threshold(probabilities, level)
     mask = clean_mask(select_components(raw, plan), volume.spacing, options.cleanup)
     timings["postprocess"] += time.perf_counter() - start

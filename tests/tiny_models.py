@@ -106,3 +106,33 @@ def make_bright_model(
     card = ModelCard.from_dict(fields)
     card.save(path.with_suffix(".json"))
     return card
+
+
+def make_coarse_bright_model(
+    path: Path, size: tuple[int, int], stride: int, level: float = 0.5, gain: float = 40.0
+) -> ModelCard:
+    """Like ``make_bright_model``, but the logits are averaged over ``stride`` x ``stride``
+    cells and upsampled bilinearly, as a network whose finest features are at that stride
+    answers: right inside and far outside an object, blurred and blocky at its border."""
+    nodes, inits = bright_layers(channel_axis=1, gain=gain, level=level)
+    nodes[-1].output[0] = "fine"
+    nodes += [
+        helper.make_node(
+            "AveragePool",
+            ["fine"],
+            ["coarse"],
+            kernel_shape=[stride, stride],
+            strides=[stride, stride],
+        ),
+        helper.make_node("Resize", ["coarse", "", "scales"], ["logits"], mode="linear"),
+    ]
+    inits.append(
+        helper.make_tensor(
+            "scales", TensorProto.FLOAT, [4], [1.0, 1.0, float(stride), float(stride)]
+        )
+    )
+    path = Path(path)
+    save_nchw_model(path, "coarse-bright", nodes, inits, size)
+    card = ModelCard(name="test-coarse-bright", version="0.0.1", input_size=size)
+    card.save(path.with_suffix(".json"))
+    return card

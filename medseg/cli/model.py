@@ -90,6 +90,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or 'horizontal,vertical'",
     )
     export.add_argument(
+        "--refine-radius",
+        type=float,
+        default=0.0,
+        metavar="MM",
+        help="edge refinement the card asks for: guided-filter box radius in mm (0: off, "
+        "the default; docs/segment.md)",
+    )
+    export.add_argument(
+        "--refine-eps",
+        type=float,
+        default=1e-4,
+        metavar="EPS",
+        help="edge refinement regularisation in squared window units (1e-4)",
+    )
+    export.add_argument(
         "--note",
         action="append",
         default=[],
@@ -162,6 +177,8 @@ def run_export(args: argparse.Namespace) -> int:
         version=args.model_version,
         threshold=args.threshold,
         test_time_flips=parse_flips(args.flips),
+        refine_radius_mm=args.refine_radius,
+        refine_eps=args.refine_eps,
         slice_context_mm=_trained_with(args.slice_context, training, "slice_context_mm"),
         pixel_spacing_mm=_trained_with(args.pixel_spacing, training, "pixel_spacing_mm"),
         default_ct_window=args.window or training.get("window") or "abdomen",

@@ -80,6 +80,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="test-time flips to average with: 'none', 'horizontal', 'vertical' or "
         "'horizontal,vertical' (one more model run per flip; default: the card's)",
     )
+    parser.add_argument(
+        "--refine-radius",
+        type=float,
+        metavar="MM",
+        help="edge refinement box radius in mm; 0 turns it off (default: the card's)",
+    )
     parser.add_argument("--series", metavar="UID", help="the series to use if there are several")
     parser.add_argument(
         "--min-volume", type=float, default=0.0, metavar="MM3", help="drop smaller components"
@@ -118,6 +124,7 @@ def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazi
         window=args.window,
         threshold=args.threshold,
         test_time_flips=None if args.flips is None else parse_flips(args.flips),
+        refine_radius_mm=args.refine_radius,
         prompts=prompts,
         series_uid=args.series,
         min_component_mm3=args.min_volume,

@@ -229,3 +229,20 @@ def test_dynamic_int8_fallback_needs_no_calibration_and_stays_close(exported, tm
     assert fp32.mean_abs_dlogit == 0.0 and fp32.dice_vs_fp32 == 1.0
     assert math.isfinite(int8.mean_abs_dlogit) and 0.0 < int8.mean_abs_dlogit < 1.0
     assert int8.file_mb < fp32.file_mb
+
+
+def test_card_asks_for_edge_refinement_only_when_exported_with_it(tmp_path, capsys):
+    ckpt = tmp_path / "r.pth"
+    save_checkpoint(ckpt, build_sam2unet("phantom"), config_name="phantom")
+    out = tmp_path / "r.onnx"
+    argv = ["model", "export", "--checkpoint", str(ckpt), "-o", str(out)]
+    assert main(argv) == 0
+    assert load_card_for(out).refine_radius_mm == 0.0
+    assert main([*argv, "--refine-radius", "3", "--refine-eps", "2e-4"]) == 0
+    card = load_card_for(out)
+    assert (card.refine_radius_mm, card.refine_eps) == (3.0, 2e-4)
+    bad = tmp_path / "bad.onnx"
+    argv[-1] = str(bad)
+    assert main([*argv, "--refine-radius", "-1"]) == 3
+    assert "refinement radius" in capsys.readouterr().err
+    assert not bad.exists() and not bad.with_suffix(".json").exists()

@@ -211,6 +211,8 @@ def test_skipped_report_counts_reasons_without_their_details() -> None:
         ["--series-number", "0"],
         ["--flips", "diagonal"],
         ["--flips", "horizontal,horizontal"],
+        ["--refine-radius", "nan"],
+        ["--refine-radius=-1"],
     ],
 )
 def test_numeric_options_refuse_nan_inf_and_negative_values(
