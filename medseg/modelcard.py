@@ -52,7 +52,9 @@ class ModelCard:
     network was trained on windows of ``input_size`` pixels at s mm, so slices are covered
     by overlapping windows resampled to that spacing (``medseg.tiling``).
     ``refine_radius_mm`` > 0 redraws mask borders along the image's edges with a guided
-    filter of that box radius and regularisation ``refine_eps`` (``medseg.refine``).
+    filter of that box radius and regularisation ``refine_eps`` (``medseg.refine``);
+    ``refine_across_slices`` also continues findings onto neighbouring slices where the
+    image continues them.
     """
 
     name: str
@@ -77,6 +79,7 @@ class ModelCard:
     pixel_spacing_mm: float = 0.0
     refine_radius_mm: float = 0.0
     refine_eps: float = 1e-4
+    refine_across_slices: bool = False
     intended_use: str = "research only, not for clinical use"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -99,6 +102,8 @@ class ModelCard:
         check_slice_context(self.slice_context_mm, self.channels, f"model card {self.name}")
         check_pixel_spacing(self.pixel_spacing_mm, f"model card {self.name}")
         check_refinement(self.refine_radius_mm, self.refine_eps, f"model card {self.name}")
+        if not isinstance(self.refine_across_slices, bool):
+            raise ConfigError(f"model card {self.name}: refine_across_slices must be true or false")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelCard:
@@ -154,13 +159,15 @@ def check_pixel_spacing(spacing_mm: float, what: str) -> None:
 
 
 def check_refinement(radius_mm: float, eps: float, what: str) -> None:
-    """Edge refinement: box radius finite >= 0 mm (0: off), eps finite > 0."""
+    """Edge refinement: box radius finite >= 0 mm (0: off), eps finite >= 1e-6.
+
+    Below 1e-6 (a thousandth of a window) the filter follows float32 round-off."""
     if not math.isfinite(radius_mm) or radius_mm < 0:
         raise ConfigError(
             f"{what}: refinement radius must be a finite value >= 0 mm, got {radius_mm}"
         )
-    if not math.isfinite(eps) or eps <= 0:
-        raise ConfigError(f"{what}: refinement eps must be a finite value > 0, got {eps}")
+    if not math.isfinite(eps) or eps < 1e-6:
+        raise ConfigError(f"{what}: refinement eps must be a finite value >= 1e-6, got {eps}")
 
 
 def parse_flips(text: str) -> tuple[str, ...]:

@@ -49,7 +49,7 @@ from medseg.prompts import (
     plan_prompts,
     select_components,
 )
-from medseg.refine import Refinement, refine_probabilities
+from medseg.refine import Refinement, continue_across_slices, refine_probabilities
 from medseg.tiling import TileBlender, crop_padded, slice_regions, tile_extent
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class SegmentOptions:
         if self.test_time_flips is not None:
             check_flips(self.test_time_flips, "test-time flips")
         if self.refine_radius_mm is not None:
-            check_refinement(self.refine_radius_mm, 1.0, "edge refinement")
+            check_refinement(self.refine_radius_mm, 1.0, "--refine-radius")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
         if self.batch_size < 1:
@@ -358,7 +358,14 @@ def _run_tiles(
 def _refinement(card: ModelCard, options: SegmentOptions) -> Refinement:
     """The card's edge refinement, unless the job names its own radius."""
     radius = card.refine_radius_mm if options.refine_radius_mm is None else options.refine_radius_mm
-    return Refinement(radius, card.refine_eps)
+    return Refinement(radius, card.refine_eps, card.refine_across_slices)
+
+
+def _describe(refinement: Refinement) -> str:
+    if not refinement.enabled:
+        return "off"
+    across = " and across slices" if refinement.across_slices else ""
+    return f"{refinement.radius_mm:g} mm{across}"
 
 
 def segment_volume_result(
@@ -384,22 +391,30 @@ def segment_volume_result(
         window.source,
         engine.name,
         ",".join(flips) or "none",
-        f"{refinement.radius_mm:g} mm" if refinement.enabled else "off",
+        _describe(refinement),
     )
     probabilities, timings = _run_tiles(
         volume, engine, card, window, plan, options.batch_size, progress, flips
     )
     start = time.perf_counter()
     level = card.threshold if options.threshold is None else options.threshold
+    if refinement.enabled:  # refined from what the network saw, inside and around prompts
+        marked = threshold(probabilities, level)
+        if plan.keep is not None:
+            marked &= plan.keep
+        probabilities = refine_probabilities(
+            probabilities, volume.voxels, window, volume.spacing[1:], marked, refinement
+        )
     if plan.keep is not None:
         probabilities[~plan.keep] = 0.0
-    if refinement.enabled:
-        probabilities = refine_probabilities(
-            probabilities, volume.voxels, window, volume.spacing[1:], level, refinement
-        )
-        if plan.keep is not None:
-            probabilities[~plan.keep] = 0.0
-    raw = threshold(probabilities, level)
+    raw = continue_across_slices(
+        threshold(probabilities, level),
+        volume.voxels,
+        window,
+        volume.spacing[1:],
+        refinement,
+        allowed=plan.keep,
+    )
     mask = clean_mask(select_components(raw, plan), volume.spacing, options.cleanup)
     timings["postprocess"] += time.perf_counter() - start
     return VolumeResult(mask, probabilities, window, level, timings, len(plan.tiles))
@@ -416,8 +431,8 @@ def segment_volume(
 def fractional_masks(result: VolumeResult) -> np.ndarray:
     """Probabilities for a FRACTIONAL SEG, consistent with the final mask.
 
-    Voxels removed by prompts/clean-up are 0, voxels added by hole filling are 1, the rest
-    keep the model's probability.
+    Voxels removed by prompts/clean-up are 0, voxels added by hole filling or by continuing
+    a finding across slices are 1, the rest keep the (refined) probability.
     """
     frac = result.probabilities.copy()
     above = frac > np.float32(result.level)

@@ -105,6 +105,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="edge refinement regularisation in squared window units (1e-4)",
     )
     export.add_argument(
+        "--refine-across-slices",
+        action="store_true",
+        help="with --refine-radius: also continue findings onto neighbouring slices where "
+        "the image continues them (docs/segment.md)",
+    )
+    export.add_argument(
         "--note",
         action="append",
         default=[],
@@ -179,6 +185,7 @@ def run_export(args: argparse.Namespace) -> int:
         test_time_flips=parse_flips(args.flips),
         refine_radius_mm=args.refine_radius,
         refine_eps=args.refine_eps,
+        refine_across_slices=args.refine_across_slices,
         slice_context_mm=_trained_with(args.slice_context, training, "slice_context_mm"),
         pixel_spacing_mm=_trained_with(args.pixel_spacing, training, "pixel_spacing_mm"),
         default_ct_window=args.window or training.get("window") or "abdomen",

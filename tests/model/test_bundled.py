@@ -36,8 +36,11 @@ def test_bundled_model_runs_with_the_card_contract():
 HELD_OUT_SEEDS = range(9000, 9010)  # never used for training (the card lists 1000-1047)
 
 
-# The target on these ten seeds; 4.1.0 measures 0.853 here (0.835 on seeds
-# 9000-9049, models/README.md), so this also guards the card's edge refinement.
+# The target on these ten seeds; 4.2.0 measures 0.858 here (0.846 on seeds
+# 9000-9049, models/README.md; 4.1.0 without the refinement across slices: 0.854, 4.0.0
+# without any refinement: 0.832), so this also guards the card's refinement. The
+# margin is enough for other CPUs: adding noise of SD 0.5 to every logit (onnxruntime
+# differs from itself across instruction sets by ~1e-5) moved this mean by at most 0.001.
 MIN_MEAN_DICE = 0.85
 
 

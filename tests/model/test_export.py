@@ -237,10 +237,12 @@ def test_card_asks_for_edge_refinement_only_when_exported_with_it(tmp_path, caps
     out = tmp_path / "r.onnx"
     argv = ["model", "export", "--checkpoint", str(ckpt), "-o", str(out)]
     assert main(argv) == 0
-    assert load_card_for(out).refine_radius_mm == 0.0
-    assert main([*argv, "--refine-radius", "3", "--refine-eps", "2e-4"]) == 0
+    plain = load_card_for(out)
+    assert (plain.refine_radius_mm, plain.refine_across_slices) == (0.0, False)
+    refine = ["--refine-radius", "3", "--refine-eps", "2e-4", "--refine-across-slices"]
+    assert main([*argv, *refine]) == 0
     card = load_card_for(out)
-    assert (card.refine_radius_mm, card.refine_eps) == (3.0, 2e-4)
+    assert (card.refine_radius_mm, card.refine_eps, card.refine_across_slices) == (3.0, 2e-4, True)
     bad = tmp_path / "bad.onnx"
     argv[-1] = str(bad)
     assert main([*argv, "--refine-radius", "-1"]) == 3

@@ -11,9 +11,21 @@ from scipy import ndimage
 from medseg.engine import open_engine
 from medseg.errors import ConfigError
 from medseg.modelcard import ModelCard
-from medseg.pipeline import SegmentOptions, segment_volume
+from medseg.pipeline import (
+    SegmentOptions,
+    fractional_masks,
+    segment_volume,
+    segment_volume_result,
+)
 from medseg.preprocess import IntensityWindow
-from medseg.refine import Refinement, box_radius, guided_filter, refine_probabilities
+from medseg.prompts import parse_box
+from medseg.refine import (
+    Refinement,
+    box_radius,
+    continue_across_slices,
+    guided_filter,
+    refine_probabilities,
+)
 from tests.pipeline.helpers import make_volume
 from tests.tiny_models import make_coarse_bright_model
 
@@ -63,7 +75,7 @@ def test_refinement_moves_a_blurred_border_onto_the_image_edge(border: float) ->
     dist = np.sqrt((yy - 30.3) ** 2 + (xx - 33.6) ** 2)
     prob = np.broadcast_to(1.0 / (1.0 + np.exp((dist - border) / 1.5)), voxels.shape)
     prob = prob.astype(np.float32)
-    refined = refine_probabilities(prob, voxels, WINDOW, (1.0, 1.0), 0.5, Refinement(3.0))
+    refined = refine_probabilities(prob, voxels, WINDOW, (1.0, 1.0), prob > 0.5, Refinement(3.0))
     before, after = _dice(prob > 0.5, truth), _dice(refined > 0.5, truth)
     assert before < 0.89 and after > 0.96
     assert refined.min() >= 0.0 and refined.max() <= 1.0
@@ -74,7 +86,7 @@ def test_refinement_changes_nothing_far_from_what_the_network_marked() -> None:
     prob = np.zeros(voxels.shape, dtype=np.float32)
     prob[1] = np.where(truth[1], 0.9, 0.2)  # only the middle slice has a finding
     prob[1, :, :12] = 0.2  # and far from it the image has no edge the filter may use
-    refined = refine_probabilities(prob, voxels, WINDOW, (1.0, 1.0), 0.5, Refinement(2.0))
+    refined = refine_probabilities(prob, voxels, WINDOW, (1.0, 1.0), prob > 0.5, Refinement(2.0))
     np.testing.assert_array_equal(refined[[0, 2]], prob[[0, 2]])
     near = np.zeros(truth[1].shape, dtype=bool)
     rows, cols = np.nonzero(truth[1])
@@ -86,7 +98,7 @@ def test_refinement_changes_nothing_far_from_what_the_network_marked() -> None:
 def test_refinement_off_returns_an_unchanged_copy() -> None:
     voxels, truth = _disk_volume()
     prob = truth.astype(np.float32)
-    refined = refine_probabilities(prob, voxels, WINDOW, (1.0, 1.0), 0.5, Refinement(0.0))
+    refined = refine_probabilities(prob, voxels, WINDOW, (1.0, 1.0), truth, Refinement(0.0))
     np.testing.assert_array_equal(refined, prob)
     assert refined is not prob
 
@@ -97,29 +109,35 @@ def test_the_box_radius_follows_each_axis_spacing() -> None:
     assert box_radius(0.2, (1.0, 1.0)) == (1, 1)  # never smaller than one pixel
 
 
-@pytest.mark.parametrize(("radius", "eps"), [(-1.0, 1e-4), (float("nan"), 1e-4), (2.0, 0.0)])
+@pytest.mark.parametrize(
+    ("radius", "eps"), [(-1.0, 1e-4), (float("nan"), 1e-4), (2.0, 0.0), (2.0, 1e-9)]
+)
 def test_bad_refinement_settings_are_refused(radius: float, eps: float) -> None:
     with pytest.raises(ConfigError, match="refinement"):
         ModelCard(name="t", refine_radius_mm=radius, refine_eps=eps)
     with pytest.raises(ConfigError, match="refinement"):
         Refinement(radius, eps)
-    if eps > 0:
-        with pytest.raises(ConfigError, match="refinement"):
+    if not radius >= 0:  # a job names only the radius
+        with pytest.raises(ConfigError, match="refine-radius"):
             SegmentOptions(refine_radius_mm=radius)
 
 
-def test_segmenting_with_the_cards_refinement_follows_the_image(tmp_path: Path) -> None:
+@pytest.mark.parametrize("spacing", [(2.0, 1.0, 1.0), (2.0, 0.5, 1.0)])
+def test_segmenting_with_the_cards_refinement_follows_the_image(
+    tmp_path: Path, spacing: tuple[float, float, float]
+) -> None:
     """A stand-in for a stride-8 network (logits averaged over 8x8 cells): its mask has a
-    blocky border; the card's refinement puts it back on the disk's edge, and a job can
-    turn it off."""
+    blocky border; the card's refinement puts it back on the disk's edge (also with
+    rectangular pixels, where the box is 6 x 3 pixels), a job can turn it off, and a
+    FRACTIONAL SEG carries the refined probabilities."""
     voxels, truth = _disk_volume()
     path = tmp_path / "coarse.onnx"
     plain = make_coarse_bright_model(path, (64, 64), stride=8, level=0.55, gain=20.0)
     card = ModelCard.from_dict({**plain.to_dict(), "refine_radius_mm": 3.0})
-    volume = make_volume(voxels, spacing=(2.0, 1.0, 1.0))
+    volume = make_volume(voxels, spacing=spacing)
     engine = open_engine(path, card, threads=1)
     try:
-        refined, _ = segment_volume(volume, engine, card, SegmentOptions(window="60/400"))
+        result = segment_volume_result(volume, engine, card, SegmentOptions(window="60/400"))
         off = SegmentOptions(window="60/400", refine_radius_mm=0.0)
         unrefined, _ = segment_volume(volume, engine, card, off)
         baseline, _ = segment_volume(volume, engine, plain, SegmentOptions(window="60/400"))
@@ -127,21 +145,179 @@ def test_segmenting_with_the_cards_refinement_follows_the_image(tmp_path: Path) 
         engine.close()
     np.testing.assert_array_equal(unrefined, baseline)
     assert _dice(unrefined, truth) < 0.93
-    assert _dice(refined, truth) > 0.98
+    assert _dice(result.mask, truth) > 0.98
+    np.testing.assert_array_equal(fractional_masks(result) > result.level, result.mask)
+
+
+def test_a_box_prompt_is_refined_inside_the_box_only(tmp_path: Path) -> None:
+    """Refinement sees the network's answer around the box (no artificial step at the
+    box's edge) but the answer stays inside the box."""
+    voxels, truth = _disk_volume()
+    voxels[:, 5:12, 5:12] = 120.0  # a second bright object, outside the box
+    path = tmp_path / "coarse.onnx"
+    plain = make_coarse_bright_model(path, (64, 64), stride=8, level=0.55, gain=20.0)
+    card = ModelCard.from_dict({**plain.to_dict(), "refine_radius_mm": 3.0})
+    volume = make_volume(voxels, spacing=(2.0, 1.0, 1.0))
+    box = SegmentOptions(window="60/400", prompts=(parse_box("20,17,48,44@0-2"),))
+    engine = open_engine(path, card, threads=1)
+    try:
+        refined, _ = segment_volume(volume, engine, card, box)
+        unrefined, _ = segment_volume(volume, engine, plain, box)
+    finally:
+        engine.close()
+    assert not refined[:, :16, :16].any()
+    assert _dice(refined, truth) > max(_dice(unrefined, truth), 0.95)
 
 
 def test_refining_only_around_the_findings_equals_refining_whole_slices() -> None:
     """The filter runs on the findings' bounding box plus three radii, not the whole
-    slice: findings at a corner and far apart must get what whole slices would give."""
+    slice: findings at a corner and far apart must get what whole slices would give
+    (more slices than one chunk, different radii per axis)."""
     rng = np.random.default_rng(3)
-    image = rng.normal(40.0, 30.0, (4, 80, 90)).astype(np.float32)
+    image = rng.normal(40.0, 30.0, (20, 80, 90)).astype(np.float32)
     prob = rng.uniform(0.0, 0.4, image.shape).astype(np.float32)
     prob[1, 0:5, 0:6] = 0.9  # at the corner
     prob[1, 60:66, 70:80] = 0.8  # far from it, same slice
     prob[3, 30:34, 40:43] = 0.7
+    prob[19, 75:80, 84:90] = 0.95  # the opposite corner, in the second chunk
+    marked = prob > 0.5
     settings = Refinement(2.0)
-    refined = refine_probabilities(prob, image, WINDOW, (1.0, 1.0), 0.5, settings)
-    whole = guided_filter(WINDOW.apply(image), prob, (2, 2), settings.eps)
-    near = ndimage.binary_dilation(prob > 0.5, structure=np.ones((1, 5, 5), dtype=bool))
-    np.testing.assert_allclose(refined[near], np.clip(whole[near], 0, 1), atol=1e-6)
+    refined = refine_probabilities(prob, image, WINDOW, (1.0, 2.0), marked, settings)
+    whole = np.clip(guided_filter(WINDOW.apply(image), prob, (2, 1), settings.eps), 0, 1)
+    core = ndimage.binary_erosion(marked, structure=np.ones((1, 3, 3), dtype=bool))
+    whole[core] = np.maximum(whole[core], prob[core])
+    near = ndimage.binary_dilation(marked, structure=np.ones((1, 5, 3), dtype=bool))
+    np.testing.assert_allclose(refined[near], whole[near], atol=1e-6)
     np.testing.assert_array_equal(refined[~near], prob[~near])
+
+
+def test_a_finding_the_image_does_not_support_shrinks_to_its_core_but_stays() -> None:
+    """A confident 7x7 finding on a flat, noisy image: no edge to follow, so its rim is
+    averaged away, but the voxels one pixel inside it keep their probability."""
+    rng = np.random.default_rng(4)
+    image = rng.normal(40.0, 10.0, (1, 40, 40)).astype(np.float32)
+    prob = np.zeros(image.shape, dtype=np.float32)
+    prob[0, 17:24, 17:24] = 0.95
+    refined = refine_probabilities(prob, image, WINDOW, (1.0, 1.0), prob > 0.5, Refinement(3.0))
+    kept = refined > 0.5
+    assert kept[0, 18:23, 18:23].all()  # the core
+    assert kept.sum() < 49  # the rim was not kept as it was
+
+
+def test_a_bad_guide_region_does_not_make_wild_values() -> None:
+    """A constant image (zero variance, where float32 round-off can go negative) with the
+    smallest eps allowed: the output stays a box average, no blow-up."""
+    image = np.full((1, 30, 30), 1234.5678, dtype=np.float32)
+    prob = np.zeros(image.shape, dtype=np.float32)
+    prob[0, 10:20, 10:20] = 0.9
+    refined = refine_probabilities(
+        prob, image, WINDOW, (1.0, 1.0), prob > 0.5, Refinement(2.0, eps=1e-6)
+    )
+    assert refined.min() >= 0.0 and refined.max() <= 0.9 + 1e-6
+
+
+ACROSS = Refinement(3.0, across_slices=True)
+
+
+def _sphere_volume(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Nine noisy 1 mm slices (1 mm pixels) through a 70 HU ball of radius 3.6 mm in 130 HU
+    tissue, with 0 HU fat beside it: (voxels, truth). The ball is on slices 1-7."""
+    rng = np.random.default_rng(seed)
+    zz, yy, xx = np.mgrid[:9, :40, :40]
+    ball = (zz - 4.0) ** 2 + (yy - 20.2) ** 2 + (xx - 19.7) ** 2 <= 3.6**2
+    voxels = np.where(ball, 70.0, 130.0)
+    voxels[:, :, 29:] = 0.0  # fat: darker still than the ball, 5 px from it
+    voxels += rng.normal(0.0, 6.0, voxels.shape)
+    return voxels.astype(np.float32), ball
+
+
+def test_a_finding_is_continued_onto_the_slices_the_network_missed() -> None:
+    """The network found the ball's three middle slices only; its smaller ends, on the
+    slices either side, come back from the image, and nothing else (not the fat, not the
+    slices past the ball)."""
+    voxels, ball = _sphere_volume()
+    found = ball.copy()
+    found[:3] = found[6:] = False
+    grown = continue_across_slices(found, voxels, WINDOW, (1.0, 1.0), ACROSS)
+    assert (grown >= found).all()
+    assert not grown[0].any() and not grown[8].any()
+    assert not grown[:, :, 29:].any()
+    ends = np.r_[1:3, 6:8]  # 13 and 29 pixels of ball: smoothing trims their rims
+    assert (grown[ends] <= ball[ends]).all()
+    assert grown[ends].sum() > 0.5 * ball[ends].sum()
+    assert _dice(grown, ball) > 0.9 > _dice(found, ball)
+
+
+def test_continuation_needs_contrast_and_leaves_slices_the_network_marked() -> None:
+    voxels, ball = _sphere_volume()
+    found = ball.copy()
+    found[:3] = found[6:] = False
+    flat = np.random.default_rng(1).normal(130.0, 6.0, voxels.shape).astype(np.float32)
+    same = continue_across_slices(found, flat, WINDOW, (1.0, 1.0), ACROSS)
+    np.testing.assert_array_equal(same, found)  # no edge around the finding: nothing to follow
+    marked = found.copy()
+    marked[2, 20, 19] = True  # the network saw something on slice 2's footprint: its answer
+    grown = continue_across_slices(marked, voxels, WINDOW, (1.0, 1.0), ACROSS)
+    np.testing.assert_array_equal(grown[2], marked[2])
+    assert grown[6].sum() > 5  # the other side still grows
+
+
+def test_continuation_never_spreads_into_a_larger_structure() -> None:
+    """The next slice holds a large region of the finding's intensity (a vessel or another
+    organ under the lesion): taking it would make the finding grow, so nothing is added."""
+    voxels, ball = _sphere_volume()
+    found = ball.copy()
+    found[:3] = found[6:] = False
+    voxels[2] = np.where(np.abs(np.mgrid[:40, :40][0] - 20) < 12, 70.0, voxels[2])
+    grown = continue_across_slices(found, voxels, WINDOW, (1.0, 1.0), ACROSS)
+    np.testing.assert_array_equal(grown[:3], found[:3])
+    assert grown[6].sum() > 5
+
+
+def test_continuation_stays_inside_allowed_voxels_and_is_off_unless_asked() -> None:
+    voxels, ball = _sphere_volume()
+    found = ball.copy()
+    found[:3] = found[6:] = False
+    allowed = np.ones(ball.shape, dtype=bool)
+    allowed[6:] = False
+    grown = continue_across_slices(found, voxels, WINDOW, (1.0, 1.0), ACROSS, allowed)
+    assert grown[2].any() and not grown[6:].any()
+    for off in (Refinement(3.0), Refinement(0.0, across_slices=True)):
+        same = continue_across_slices(found, voxels, WINDOW, (1.0, 1.0), off)
+        np.testing.assert_array_equal(same, found)
+        assert same is not found
+
+
+def test_a_card_that_refines_across_slices_finds_the_ends_a_coarse_network_misses(
+    tmp_path: Path,
+) -> None:
+    """End to end: the stride-8 stand-in network finds only the large middle slices of a
+    ball; the card's refinement across slices adds its ends, and the FRACTIONAL SEG marks
+    them as certain."""
+    rng = np.random.default_rng(7)
+    zz, yy, xx = np.mgrid[:9, :64, :64]
+    ball = (zz - 4.0) ** 2 * 8.4 + (yy - 31.5) ** 2 + (xx - 32.2) ** 2 <= 12.0**2  # ends: r 3
+    voxels = (np.where(ball, 120.0, 40.0) + rng.normal(0.0, 5.0, ball.shape)).astype(np.float32)
+    path = tmp_path / "coarse.onnx"
+    plain = make_coarse_bright_model(path, (64, 64), stride=8, level=0.55, gain=20.0)
+    edges = {**plain.to_dict(), "refine_radius_mm": 3.0}
+    card = ModelCard.from_dict({**edges, "refine_across_slices": True})
+    volume = make_volume(voxels, spacing=(1.0, 1.0, 1.0))
+    options = SegmentOptions(window="60/400")
+    engine = open_engine(path, card, threads=1)
+    try:
+        in_plane, _ = segment_volume(volume, engine, ModelCard.from_dict(edges), options)
+        result = segment_volume_result(volume, engine, card, options)
+    finally:
+        engine.close()
+    missed = ball.any(axis=(1, 2)) & ~in_plane.any(axis=(1, 2))
+    assert missed.any()  # the stand-in misses the ball's ends ...
+    assert result.mask[missed].any()  # ... which the continuation brings back
+    assert (result.mask >= in_plane).all()
+    assert _dice(result.mask, ball) > _dice(in_plane, ball)
+    np.testing.assert_array_equal(fractional_masks(result) > result.level, result.mask)
+
+
+def test_a_card_must_say_true_or_false_for_refining_across_slices() -> None:
+    with pytest.raises(ConfigError, match="refine_across_slices"):
+        ModelCard(name="t", refine_across_slices="yes")  # type: ignore[arg-type]
