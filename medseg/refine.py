@@ -1,4 +1,4 @@
-"""Edge-aware refinement of a probability map, guided by the image it was computed from.
+"""Refinement of a network's findings, guided by the image they were computed from.
 
 SAM2-UNet's finest decoder features are at stride 4: its logits are a 88x88 map upsampled
 to 352x352, then resized to the slice. A 10 mm lesion on a 1.4 mm slice is about two
@@ -7,9 +7,11 @@ the real intensity edge. The guided filter (He, Sun & Tang, "Guided Image Filter
 ECCV 2010) fits the probabilities, in every small box, as a linear function of the
 windowed image, so the mask follows the image's edges where it has them.
 
-The refinement changes only voxels within the box radius of what the network marked,
-never anywhere else, so it cannot add a finding far from one and it does nothing to a
-slice without one. Where the image has no edge, the filter averages the probabilities
+The filter changes only voxels within the box radius of what the network marked, never
+anywhere else, so it cannot add a finding far from one and it does nothing to a slice
+without one (the refinement across slices, :func:`continue_across_slices`, is the one
+step that adds to such slices, and only the narrowing ends of a finding). Where the
+image has no edge, the filter averages the probabilities
 over its box, which wears away the rim of a finding the image does not support; voxels
 one pixel or more inside a finding never lose probability, so a finding can shrink to
 its core but not vanish.
@@ -32,6 +34,11 @@ _CHUNK_SLICES = 16
 # lets the image continue it across slices: 16 HU in a 400 HU window, where CT noise
 # averaged over a few pixels is about 2-5 HU.
 MIN_CONTRAST = 0.04
+# The network's outline of a lesion is drawn a little inside it (the smoothed band trims
+# a continuation the same way), so the first continuation of a network's finding may hold
+# up to this many times its pixels; after that, each continuation must be smaller than
+# the one it continues. Chosen on tuning phantoms (models/README.md).
+_FIRST_STEP_SIZE = 1.5
 # In-plane connectivity: components of a finding (8-neighbours), grown parts (4-neighbours,
 # so a thin bridge of noise does not join a neighbouring structure).
 _IN_PLANE = np.ones((3, 3), dtype=bool)
@@ -151,33 +158,37 @@ def continue_across_slices(
     settings: Refinement,
     allowed: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``mask`` plus the parts of its findings the network missed on neighbouring slices.
+    """``mask`` plus the ends of its findings that the network missed on neighbouring slices.
 
     A lesion's first and last slices show only a small cross-section, which a network
-    working at stride 4 tends to miss although the image shows it. Each in-plane component
-    of a finding whose median windowed intensity differs from that of a ring around it by
-    at least :data:`MIN_CONTRAST` is continued onto an unmarked neighbouring slice: the
-    voxels within the box radius of its footprint whose smoothed intensity lies within half
-    that difference of the finding's, connected to the component's own pixels, join the
-    mask if they are no more than the component's area (a lesion narrows towards its ends;
-    anything larger is a neighbouring structure). The new part is continued the same way,
-    with the first component's intensities. Returns a new array; never removes a voxel;
-    adds none outside ``allowed`` when given.
+    working at stride 4 tends to miss although the image shows it. A finding's in-plane
+    part is continued if its median windowed intensity differs by at least
+    :data:`MIN_CONTRAST` from that of its ring (between one and two box radii out, unmarked
+    pixels only, at least 8 of them). On a neighbouring slice with nothing marked within
+    one box radius of the part, take the pixels whose intensity, Gaussian-smoothed with
+    sigma r/2, lies within half that difference of the part's, and of those the
+    4-connected regions that overlap the part's pixels. If they hold fewer pixels than the
+    part (a lesion narrows towards its ends; a region as large or larger is a vessel or an
+    organ; against a part the network outlined, fewer than 1.5 times as many), their pixels
+    within one box radius of the part join the mask and are continued the same way, with
+    the first part's two intensities. Returns a new array; never
+    removes a voxel; adds none outside ``allowed`` (bool, same shape) when given.
     """
     if not mask.shape == image.shape:
         raise ValueError(f"mask {mask.shape} and image {image.shape} must have one shape")
+    if allowed is not None and (allowed.shape != mask.shape or allowed.dtype != bool):
+        raise ValueError(f"allowed voxels must be a bool array of shape {mask.shape}")
     out = np.array(mask, dtype=bool)
     if not (settings.enabled and settings.across_slices) or out.shape[0] < 2:
         return out
     radius = box_radius(settings.radius_mm, pixel_spacing)
     near = np.ones((2 * radius[0] + 1, 2 * radius[1] + 1), dtype=bool)
     sigma = tuple(settings.radius_mm / 2 / s for s in pixel_spacing)
-    guide = _SliceGuide(image, window)
     todo = [
-        (k, step, _Part(box, part, *levels))
+        (k, step, _Part(box, part, *levels, _FIRST_STEP_SIZE))
         for k in np.flatnonzero(out.any(axis=(1, 2)))
         for box, part in _components(out[k], 4 * max(radius) + 2)
-        if (levels := _levels(guide(k)[box], part, ~out[k][box], near)) is not None
+        if (levels := _levels(window.apply(image[k][box]), part, ~out[k][box], near))
         for step in (-1, 1)
     ]
     while todo:
@@ -188,15 +199,16 @@ def continue_across_slices(
         footprint = ndimage.binary_dilation(seed.pixels, structure=near)
         if (out[kk][seed.box] & footprint).any():
             continue  # the network has this slice: its outline stands
-        smooth = ndimage.gaussian_filter(guide(kk)[seed.box], sigma, mode="nearest")
-        like = footprint & (np.abs(smooth - seed.inside) < abs(seed.inside - seed.around) / 2)
+        smooth = ndimage.gaussian_filter(window.apply(image[kk][seed.box]), sigma, mode="nearest")
+        like = np.abs(smooth - seed.inside) < abs(seed.inside - seed.around) / 2
         if allowed is not None:
             like &= allowed[kk][seed.box]
-        grown = _touching(like, seed.pixels)
-        if not grown.any() or grown.sum() > seed.pixels.sum():
+        region = _touching(like, seed.pixels)
+        if not region.any() or region.sum() >= seed.size_limit * seed.pixels.sum():
             continue
+        grown = _touching(region & footprint, seed.pixels)
         out[kk][seed.box] |= grown
-        todo.append((kk, step, _Part(seed.box, grown, seed.inside, seed.around)))
+        todo.append((kk, step, _Part(seed.box, grown, seed.inside, seed.around, 1.0)))
     return out
 
 
@@ -208,18 +220,7 @@ class _Part:
     pixels: np.ndarray
     inside: float
     around: float
-
-
-class _SliceGuide:
-    """Windowed slices, computed once each and only for slices that are looked at."""
-
-    def __init__(self, image: np.ndarray, window: IntensityWindow) -> None:
-        self._image, self._window, self._done = image, window, {}
-
-    def __call__(self, k: int) -> np.ndarray:
-        if k not in self._done:
-            self._done[k] = self._window.apply(self._image[k])
-        return self._done[k]
+    size_limit: float  # a continuation must hold fewer than this many times its pixels
 
 
 def _levels(

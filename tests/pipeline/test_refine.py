@@ -219,14 +219,18 @@ def test_a_bad_guide_region_does_not_make_wild_values() -> None:
 ACROSS = Refinement(3.0, across_slices=True)
 
 
-def _sphere_volume(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _sphere_volume(
+    seed: int = 0, centre: float = 4.0, fat: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Nine noisy 1 mm slices (1 mm pixels) through a 70 HU ball of radius 3.6 mm in 130 HU
-    tissue, with 0 HU fat beside it: (voxels, truth). The ball is on slices 1-7."""
+    tissue, with 0 HU fat within the box radius of it if ``fat``: (voxels, truth). The
+    ball's centre is on slice ``centre`` (by default it spans slices 1-7)."""
     rng = np.random.default_rng(seed)
     zz, yy, xx = np.mgrid[:9, :40, :40]
-    ball = (zz - 4.0) ** 2 + (yy - 20.2) ** 2 + (xx - 19.7) ** 2 <= 3.6**2
+    ball = (zz - centre) ** 2 + (yy - 20.2) ** 2 + (xx - 19.7) ** 2 <= 3.6**2
     voxels = np.where(ball, 70.0, 130.0)
-    voxels[:, :, 29:] = 0.0  # fat: darker still than the ball, 5 px from it
+    if fat:
+        voxels[:, :, 26:] = 0.0  # darker still than the ball, 3 px from it
     voxels += rng.normal(0.0, 6.0, voxels.shape)
     return voxels.astype(np.float32), ball
 
@@ -241,7 +245,7 @@ def test_a_finding_is_continued_onto_the_slices_the_network_missed() -> None:
     grown = continue_across_slices(found, voxels, WINDOW, (1.0, 1.0), ACROSS)
     assert (grown >= found).all()
     assert not grown[0].any() and not grown[8].any()
-    assert not grown[:, :, 29:].any()
+    assert not grown[:, :, 24:].any()  # fat is further from the ball than from the tissue
     ends = np.r_[1:3, 6:8]  # 13 and 29 pixels of ball: smoothing trims their rims
     assert (grown[ends] <= ball[ends]).all()
     assert grown[ends].sum() > 0.5 * ball[ends].sum()
@@ -282,6 +286,9 @@ def test_continuation_stays_inside_allowed_voxels_and_is_off_unless_asked() -> N
     allowed[6:] = False
     grown = continue_across_slices(found, voxels, WINDOW, (1.0, 1.0), ACROSS, allowed)
     assert grown[2].any() and not grown[6:].any()
+    for bad in (allowed.astype(np.uint8), allowed[:, :, 1:]):
+        with pytest.raises(ValueError, match="allowed voxels"):
+            continue_across_slices(found, voxels, WINDOW, (1.0, 1.0), ACROSS, bad)
     for off in (Refinement(3.0), Refinement(0.0, across_slices=True)):
         same = continue_across_slices(found, voxels, WINDOW, (1.0, 1.0), off)
         np.testing.assert_array_equal(same, found)
@@ -321,3 +328,97 @@ def test_a_card_that_refines_across_slices_finds_the_ends_a_coarse_network_misse
 def test_a_card_must_say_true_or_false_for_refining_across_slices() -> None:
     with pytest.raises(ConfigError, match="refine_across_slices"):
         ModelCard(name="t", refine_across_slices="yes")  # type: ignore[arg-type]
+
+
+def _found_middle(ball: np.ndarray) -> np.ndarray:
+    found = ball.copy()
+    found[:3] = found[6:] = False
+    return found
+
+
+def test_continuation_does_not_take_a_structure_that_only_reaches_under_the_finding() -> None:
+    """A larger region of the finding's intensity whose corner lies under the finding on
+    the slices below (another organ, a vessel): the region as a whole is larger than the
+    finding, so none of it joins, not even the corner within reach."""
+    voxels, ball = _sphere_volume(fat=False)
+    voxels[:3, 23:, 23:] = np.random.default_rng(2).normal(70.0, 6.0, (3, 17, 17))
+    grown = continue_across_slices(_found_middle(ball), voxels, WINDOW, (1.0, 1.0), ACROSS)
+    assert not grown[:3].any()
+    assert grown[6].sum() > 5  # the other end, clear of it, still grows
+
+
+def test_continuation_needs_the_findings_own_contrast() -> None:
+    """A finding 10 HU from its surroundings (below the 16 HU floor) in 6 HU noise: the
+    image cannot tell its end from noise, so nothing is added."""
+    voxels, ball = _sphere_volume(fat=False)
+    faint = np.where(ball, 120.0, 130.0) + (voxels - np.where(ball, 70.0, 130.0))
+    grown = continue_across_slices(_found_middle(ball), faint, WINDOW, (1.0, 1.0), ACROSS)
+    np.testing.assert_array_equal(grown, _found_middle(ball))
+
+
+def test_continuation_reaches_no_further_than_the_box_radius() -> None:
+    """A thin lesion-like strip runs from the ball's end on slice 2 to 10 px beyond it:
+    only the part within the box radius (3 px) of the finding on slice 3 is added."""
+    voxels, ball = _sphere_volume(fat=False)
+    voxels[2, 20:22, 22:33] = 70.0
+    grown = continue_across_slices(_found_middle(ball), voxels, WINDOW, (1.0, 1.0), ACROSS)
+    assert grown[2].sum() > 5
+    assert not grown[2, :, 27:].any()  # slice 3's part ends at column 23
+
+
+def test_a_finding_outlined_a_little_inside_the_lesion_is_still_continued() -> None:
+    """Networks draw their outline slightly inside a lesion; the first continuation is
+    compared with that outline with some slack (1.5x), so the lesion's end, larger than
+    the eroded outline, still joins."""
+    voxels, ball = _sphere_volume(fat=False)
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+    inside = ndimage.binary_erosion(_found_middle(ball), structure=cross)  # 38 -> 21 pixels
+    grown = continue_across_slices(inside, voxels, WINDOW, (1.0, 1.0), ACROSS)
+    assert grown[2].sum() > inside[3].sum() or grown[6].sum() > inside[5].sum()
+    assert grown[1].any() and grown[7].any()
+    assert not (grown & ~ball).any()
+
+
+def test_continuation_stops_where_a_finding_stops_narrowing() -> None:
+    """A noise-free tube of constant cross-section through 30 slices, found on one: the
+    smoothed band trims its rim on the next slices, and after that nothing narrows, so
+    the growth stops there (a vessel is not continued through the volume)."""
+    yy, xx = np.mgrid[:40, :40]
+    tube = np.broadcast_to((yy - 20) ** 2 + (xx - 20) ** 2 <= 9, (30, 40, 40))
+    voxels = np.where(tube, 70.0, 130.0).astype(np.float32)
+    found = np.zeros(tube.shape, dtype=bool)
+    found[15] = tube[15]
+    grown = continue_across_slices(found, voxels, WINDOW, (1.0, 1.0), ACROSS)
+    assert grown[14].any() and grown[16].any()
+    assert not grown[:14].any() and not grown[17:].any()
+
+
+def test_continuation_takes_only_what_connects_to_the_finding() -> None:
+    """A separate speck of the finding's intensity within reach on the next slice is not
+    part of the lesion's end."""
+    voxels, ball = _sphere_volume()
+    voxels[2, 14:16, 14:16] = 70.0  # 3 px from the ball's end on slice 2, not touching it
+    grown = continue_across_slices(_found_middle(ball), voxels, WINDOW, (1.0, 1.0), ACROSS)
+    assert grown[2].any()
+    assert not grown[2, 13:17, 13:17].any()
+
+
+@pytest.mark.parametrize("end", [0, 8])
+def test_continuation_reaches_the_first_and_last_slice_and_does_not_wrap(end: int) -> None:
+    """A ball centred on the first or last slice, with the same ball's image also at the
+    other end of the volume: found on the end slice it is continued inwards only; found
+    on the next slice in it is continued onto the end slice."""
+    voxels, ball = _sphere_volume(centre=float(end), fat=False)
+    inward = 1 if end == 0 else -1
+    other = (end - inward) % len(ball)  # where a negative index would wrap to
+    voxels[other] = voxels[end + inward]
+    found = np.zeros(ball.shape, dtype=bool)
+    found[end] = ball[end]
+    grown = continue_across_slices(found, voxels, WINDOW, (1.0, 1.0), ACROSS)
+    assert grown[end + inward].any()
+    assert not grown[other].any()
+    found = np.zeros(ball.shape, dtype=bool)
+    found[end + inward] = ball[end + inward]
+    grown = continue_across_slices(found, voxels, WINDOW, (1.0, 1.0), ACROSS)
+    assert grown[end].any()
