@@ -364,7 +364,7 @@ def _refinement(card: ModelCard, options: SegmentOptions) -> Refinement:
 def _describe(refinement: Refinement) -> str:
     if not refinement.enabled:
         return "off"
-    across = " and across slices" if refinement.across_slices else ""
+    across = " and across slices" if refinement.crosses_slices else ""
     return f"{refinement.radius_mm:g} mm{across}"
 
 
@@ -407,14 +407,11 @@ def segment_volume_result(
         )
     if plan.keep is not None:
         probabilities[~plan.keep] = 0.0
-    raw = continue_across_slices(
-        threshold(probabilities, level),
-        volume.voxels,
-        window,
-        volume.spacing[1:],
-        refinement,
-        allowed=plan.keep,
-    )
+    raw = threshold(probabilities, level)
+    if refinement.crosses_slices:  # else no copy of the mask to make
+        raw = continue_across_slices(
+            raw, volume.voxels, window, volume.spacing[1:], refinement, allowed=plan.keep
+        )
     mask = clean_mask(select_components(raw, plan), volume.spacing, options.cleanup)
     timings["postprocess"] += time.perf_counter() - start
     return VolumeResult(mask, probabilities, window, level, timings, len(plan.tiles))

@@ -11,10 +11,9 @@ The filter changes only voxels within the box radius of what the network marked,
 anywhere else, so it cannot add a finding far from one and it does nothing to a slice
 without one (the refinement across slices, :func:`continue_across_slices`, is the one
 step that adds to such slices, and only the narrowing ends of a finding). Where the
-image has no edge, the filter averages the probabilities
-over its box, which wears away the rim of a finding the image does not support; voxels
-one pixel or more inside a finding never lose probability, so a finding can shrink to
-its core but not vanish.
+image has no edge, the filter averages the probabilities over its box, which wears away
+the rim of a finding the image does not support; voxels one pixel or more inside a
+finding never lose probability, so a finding can shrink to its core but not vanish.
 """
 
 from __future__ import annotations
@@ -70,6 +69,10 @@ class Refinement:
     @property
     def enabled(self) -> bool:
         return self.radius_mm > 0
+
+    @property
+    def crosses_slices(self) -> bool:
+        return self.enabled and self.across_slices
 
 
 def box_radius(radius_mm: float, pixel_spacing: tuple[float, float]) -> tuple[int, int]:
@@ -179,7 +182,7 @@ def continue_across_slices(
     if allowed is not None and (allowed.shape != mask.shape or allowed.dtype != bool):
         raise ValueError(f"allowed voxels must be a bool array of shape {mask.shape}")
     out = np.array(mask, dtype=bool)
-    if not (settings.enabled and settings.across_slices) or out.shape[0] < 2:
+    if not settings.crosses_slices or out.shape[0] < 2:
         return out
     radius = box_radius(settings.radius_mm, pixel_spacing)
     near = np.ones((2 * radius[0] + 1, 2 * radius[1] + 1), dtype=bool)
