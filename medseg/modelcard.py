@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -54,7 +55,8 @@ class ModelCard:
     ``refine_radius_mm`` > 0 redraws mask borders along the image's edges with a guided
     filter of that box radius and regularisation ``refine_eps`` (``medseg.refine``);
     ``refine_across_slices`` also continues findings onto neighbouring slices where the
-    image continues them.
+    image continues them; ``refine_rim_level`` > 0 widens findings by the bordering pixels
+    that look like their inside.
     """
 
     name: str
@@ -80,6 +82,7 @@ class ModelCard:
     refine_radius_mm: float = 0.0
     refine_eps: float = 1e-4
     refine_across_slices: bool = False
+    refine_rim_level: float = 0.0
     intended_use: str = "research only, not for clinical use"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -101,7 +104,9 @@ class ModelCard:
         check_flips(self.test_time_flips, f"model card {self.name}: test_time_flips")
         check_slice_context(self.slice_context_mm, self.channels, f"model card {self.name}")
         check_pixel_spacing(self.pixel_spacing_mm, f"model card {self.name}")
-        check_refinement(self.refine_radius_mm, self.refine_eps, f"model card {self.name}")
+        check_refinement(
+            self.refine_radius_mm, self.refine_eps, f"model card {self.name}", self.refine_rim_level
+        )
         if not isinstance(self.refine_across_slices, bool):
             raise ConfigError(f"model card {self.name}: refine_across_slices must be true or false")
 
@@ -158,8 +163,9 @@ def check_pixel_spacing(spacing_mm: float, what: str) -> None:
         raise ConfigError(f"{what}: pixel_spacing_mm must be a finite value >= 0, got {spacing_mm}")
 
 
-def check_refinement(radius_mm: float, eps: float, what: str) -> None:
-    """Edge refinement: box radius finite >= 0 mm (0: off), eps finite >= 1e-6.
+def check_refinement(radius_mm: float, eps: float, what: str, rim_level: float = 0.0) -> None:
+    """Edge refinement: box radius finite >= 0 mm (0: off), eps finite >= 1e-6, rim level
+    in [0, 1) (0: off).
 
     Below 1e-6 (a thousandth of a window) the filter follows float32 round-off."""
     if not math.isfinite(radius_mm) or radius_mm < 0:
@@ -168,6 +174,10 @@ def check_refinement(radius_mm: float, eps: float, what: str) -> None:
         )
     if not math.isfinite(eps) or eps < 1e-6:
         raise ConfigError(f"{what}: refinement eps must be a finite value >= 1e-6, got {eps}")
+    if isinstance(rim_level, bool) or not isinstance(rim_level, numbers.Real):
+        raise ConfigError(f"{what}: refinement rim level must be a number, got {rim_level!r}")
+    if not 0.0 <= rim_level < 1.0:
+        raise ConfigError(f"{what}: refinement rim level must lie in [0, 1), got {rim_level}")
 
 
 def parse_flips(text: str) -> tuple[str, ...]:

@@ -49,7 +49,7 @@ from medseg.prompts import (
     plan_prompts,
     select_components,
 )
-from medseg.refine import Refinement, continue_across_slices, refine_probabilities
+from medseg.refine import Refinement, continue_across_slices, refine_probabilities, widen_rims
 from medseg.tiling import TileBlender, crop_padded, slice_regions, tile_extent
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,8 @@ def load_model(options: SegmentOptions) -> LoadedModel:
 
 @dataclass(frozen=True, eq=False)
 class VolumeResult:
-    """The in-memory answer for one volume: final mask, probabilities, timings, window."""
+    """The in-memory answer for one volume: final mask, probabilities, timings, window,
+    and how many tiles the network ran (sliding windows, or the prompts' crops)."""
 
     mask: np.ndarray
     probabilities: np.ndarray
@@ -303,12 +304,19 @@ def _sliding_tiles(volume: Volume, card: ModelCard) -> tuple[tuple[Tile, ...], T
     return tiles, TileBlender(shape, regions)
 
 
+def _planned_tiles(
+    volume: Volume, card: ModelCard, plan: PromptPlan
+) -> tuple[tuple[Tile, ...], TileBlender | None]:
+    """The tiles a job runs: its prompt crops, or every slice's sliding windows."""
+    return _sliding_tiles(volume, card) if plan.keep is None else (plan.tiles, None)
+
+
 def _run_tiles(
     volume: Volume,
     engine: Engine,
     card: ModelCard,
     window: IntensityWindow,
-    plan: PromptPlan,
+    planned: tuple[tuple[Tile, ...], TileBlender | None],
     batch_size: int,
     progress: bool,
     flips: tuple[str, ...] = (),
@@ -323,7 +331,7 @@ def _run_tiles(
 
     timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
     probabilities = np.zeros(volume.shape, dtype=np.float32)
-    tiles, blender = _sliding_tiles(volume, card) if plan.keep is None else (plan.tiles, None)
+    tiles, blender = planned
     batches = list(_batches(tiles, batch_size))
     unit = "crop" if blender is None else "slice" if blender.single else "window"
     bar = tqdm(total=len(tiles), unit=unit, desc="segment", disable=not progress, leave=False)
@@ -358,14 +366,21 @@ def _run_tiles(
 def _refinement(card: ModelCard, options: SegmentOptions) -> Refinement:
     """The card's edge refinement, unless the job names its own radius."""
     radius = card.refine_radius_mm if options.refine_radius_mm is None else options.refine_radius_mm
-    return Refinement(radius, card.refine_eps, card.refine_across_slices)
+    return Refinement(radius, card.refine_eps, card.refine_across_slices, card.refine_rim_level)
+
+
+def _tile_unit(blender: TileBlender | None) -> str:
+    if blender is None:
+        return "prompt crops"
+    return "whole slices" if blender.single else "windows"
 
 
 def _describe(refinement: Refinement) -> str:
     if not refinement.enabled:
         return "off"
-    across = " and across slices" if refinement.crosses_slices else ""
-    return f"{refinement.radius_mm:g} mm{across}"
+    across = ", across slices" if refinement.crosses_slices else ""
+    rims = f", rims at {refinement.rim_level:g}" if refinement.widens_rims else ""
+    return f"{refinement.radius_mm:g} mm{across}{rims}"
 
 
 def segment_volume_result(
@@ -383,18 +398,19 @@ def segment_volume_result(
     )
     flips = card.test_time_flips if options.test_time_flips is None else options.test_time_flips
     refinement = _refinement(card, options)
+    planned = _planned_tiles(volume, card, plan)
     log.info(
-        "segmenting %d slices, %d tiles, window %s, engine %s, test-time flips %s, "
-        "edge refinement %s",
+        "segmenting %d slices as %d %s, window %s, engine %s, test-time flips %s, refinement %s",
         volume.shape[0],
-        len(plan.tiles),
+        len(planned[0]),
+        _tile_unit(planned[1]),
         window.source,
         engine.name,
         ",".join(flips) or "none",
         _describe(refinement),
     )
     probabilities, timings = _run_tiles(
-        volume, engine, card, window, plan, options.batch_size, progress, flips
+        volume, engine, card, window, planned, options.batch_size, progress, flips
     )
     start = time.perf_counter()
     level = card.threshold if options.threshold is None else options.threshold
@@ -412,9 +428,13 @@ def segment_volume_result(
         raw = continue_across_slices(
             raw, volume.voxels, window, volume.spacing[1:], refinement, allowed=plan.keep
         )
+    if refinement.widens_rims:
+        raw = widen_rims(
+            raw, volume.voxels, window, volume.spacing[1:], refinement, allowed=plan.keep
+        )
     mask = clean_mask(select_components(raw, plan), volume.spacing, options.cleanup)
     timings["postprocess"] += time.perf_counter() - start
-    return VolumeResult(mask, probabilities, window, level, timings, len(plan.tiles))
+    return VolumeResult(mask, probabilities, window, level, timings, len(planned[0]))
 
 
 def segment_volume(
@@ -428,8 +448,9 @@ def segment_volume(
 def fractional_masks(result: VolumeResult) -> np.ndarray:
     """Probabilities for a FRACTIONAL SEG, consistent with the final mask.
 
-    Voxels removed by prompts/clean-up are 0, voxels added by hole filling or by continuing
-    a finding across slices are 1, the rest keep the (refined) probability.
+    Voxels removed by prompts/clean-up are 0, voxels added by hole filling, by continuing
+    a finding across slices or by widening its rim are 1, the rest keep the (refined)
+    probability.
     """
     frac = result.probabilities.copy()
     above = frac > np.float32(result.level)

@@ -18,6 +18,7 @@ finding never lose probability, so a finding can shrink to its core but not vani
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,8 @@ _IN_PLANE_EDGES = ndimage.generate_binary_structure(2, 1)
 # A finding's core: its voxels whose 8 in-plane neighbours are in it too.
 _CORE = np.zeros((3, 3, 3), dtype=bool)
 _CORE[1] = True
+# Fewer core voxels than this and a finding's own intensity is measured on all of it.
+_MIN_CORE = 4
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,9 @@ class Refinement:
     """Guided-filter settings: box radius in mm (0: off) and regularisation ``eps``.
 
     ``across_slices`` also continues findings into the neighbouring slices where the image
-    continues them (:func:`continue_across_slices`).
+    continues them (:func:`continue_across_slices`). ``rim_level`` > 0 widens each finding
+    by the bordering pixels that lie at least that fraction of the way from its
+    surroundings' intensity to its core's (:func:`widen_rims`).
 
     ``eps`` is in squared window units (the guide is the windowed image in [0, 1]): edges
     whose contrast is well above ``sqrt(eps)`` steer the mask; in flatter regions the
@@ -62,9 +67,10 @@ class Refinement:
     radius_mm: float = 0.0
     eps: float = 1e-4
     across_slices: bool = False
+    rim_level: float = 0.0
 
     def __post_init__(self) -> None:
-        check_refinement(self.radius_mm, self.eps, "refinement")
+        check_refinement(self.radius_mm, self.eps, "refinement", self.rim_level)
 
     @property
     def enabled(self) -> bool:
@@ -73,6 +79,10 @@ class Refinement:
     @property
     def crosses_slices(self) -> bool:
         return self.enabled and self.across_slices
+
+    @property
+    def widens_rims(self) -> bool:
+        return self.enabled and self.rim_level > 0
 
 
 def box_radius(radius_mm: float, pixel_spacing: tuple[float, float]) -> tuple[int, int]:
@@ -177,10 +187,7 @@ def continue_across_slices(
     the first part's two intensities. Returns a new array; never
     removes a voxel; adds none outside ``allowed`` (bool, same shape) when given.
     """
-    if not mask.shape == image.shape:
-        raise ValueError(f"mask {mask.shape} and image {image.shape} must have one shape")
-    if allowed is not None and (allowed.shape != mask.shape or allowed.dtype != bool):
-        raise ValueError(f"allowed voxels must be a bool array of shape {mask.shape}")
+    _check_masks(mask, image, allowed)
     out = np.array(mask, dtype=bool)
     if not settings.crosses_slices or out.shape[0] < 2:
         return out
@@ -215,6 +222,94 @@ def continue_across_slices(
     return out
 
 
+def widen_rims(
+    mask: np.ndarray,
+    image: np.ndarray,
+    window: IntensityWindow,
+    pixel_spacing: tuple[float, float],
+    settings: Refinement,
+    allowed: np.ndarray | None = None,
+) -> np.ndarray:
+    """``mask`` plus the pixels just outside each finding that look like its inside.
+
+    The network's outline of a low-contrast lesion, and the guided filter's after it, tend
+    to sit a pixel inside the lesion (on tuning phantoms the missed border pixels
+    outnumbered the extra ones 1.4 to 1). On the windowed image Gaussian-smoothed
+    in plane with sigma r/2, take for each 3-D connected finding the median intensity of its
+    core (voxels whose 8 in-plane neighbours are in it; all of it when the core has fewer
+    than 4) and of its ring (unmarked pixels between one and two box radii out in plane);
+    if they differ by at least :data:`MIN_CONTRAST`, every unmarked pixel 8-adjacent in
+    plane to the finding joins it when its intensity lies within ``1 - rim_level`` of that
+    difference of the core's: at least ``rim_level`` of the way from the ring's value to
+    the core's, and no further beyond it (fat beside a dark lesion, bone beside a bright
+    one, stays out). All three values are read from the same smoothed image, so a small
+    lesion's blurred core is compared with its equally blurred border. One pixel at most,
+    so a finding cannot run into a neighbouring organ, and none that touches another
+    finding, so two findings are not joined. Returns a new array; never removes a voxel;
+    adds none outside ``allowed`` (bool, same shape) when given.
+    """
+    _check_masks(mask, image, allowed)
+    mask = np.asarray(mask, dtype=bool)
+    out = mask.copy()
+    if not settings.widens_rims:
+        return out
+    radius = box_radius(settings.radius_mm, pixel_spacing)
+    near = np.ones((1, 2 * radius[0] + 1, 2 * radius[1] + 1), dtype=bool)
+    sigma = (0.0, *(settings.radius_mm / 2 / s for s in pixel_spacing))
+    for box, finding in _findings(mask, (0, 4 * radius[0] + 2, 4 * radius[1] + 2)):
+        smooth = ndimage.gaussian_filter(window.apply(image[box]), sigma, mode="nearest")
+        core = ndimage.binary_erosion(finding, structure=_CORE)
+        inner_part = core if core.sum() >= _MIN_CORE else None
+        levels = _levels(smooth, finding, ~mask[box], near, inner_part)
+        if levels is None:
+            continue
+        inside, around = levels
+        like = np.abs(smooth - inside) <= (1.0 - settings.rim_level) * abs(inside - around)
+        others = ndimage.binary_dilation(mask[box] & ~finding, structure=_CORE)
+        rim = ndimage.binary_dilation(finding, structure=_CORE) & ~mask[box] & ~others & like
+        if allowed is not None:
+            rim &= allowed[box]
+        out[box] |= rim
+    return out
+
+
+def _findings(
+    mask: np.ndarray, margin: tuple[int, int, int]
+) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+    """Each 3-D connected finding (26-neighbours) as (its bounding box grown by ``margin``,
+    its mask there). Only the box around all findings is labelled, so a few findings in a
+    large volume cost little."""
+    hit = [
+        np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)
+    ]
+    if hit[0].size == 0:
+        return
+    region = tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hit)
+    labels, _ = ndimage.label(mask[region], structure=np.ones((3, 3, 3), dtype=bool))
+    for number, found in enumerate(ndimage.find_objects(labels), start=1):
+        start = [r.start + f.start for r, f in zip(region, found, strict=True)]
+        stop = [r.start + f.stop for r, f in zip(region, found, strict=True)]
+        box = tuple(
+            slice(max(a - m, 0), min(b + m, n))
+            for a, b, m, n in zip(start, stop, margin, mask.shape, strict=True)
+        )
+        finding = np.zeros([b.stop - b.start for b in box], dtype=bool)
+        inner = tuple(
+            slice(a - b.start, e - b.start) for a, e, b in zip(start, stop, box, strict=True)
+        )
+        finding[inner] = labels[found] == number
+        yield box, finding
+
+
+def _check_masks(mask: np.ndarray, image: np.ndarray, allowed: np.ndarray | None) -> None:
+    if mask.ndim != 3:
+        raise ValueError(f"mask must be (slices, rows, cols), got shape {mask.shape}")
+    if not mask.shape == image.shape:
+        raise ValueError(f"mask {mask.shape} and image {image.shape} must have one shape")
+    if allowed is not None and (allowed.shape != mask.shape or allowed.dtype != bool):
+        raise ValueError(f"allowed voxels must be a bool array of shape {mask.shape}")
+
+
 @dataclass(frozen=True)
 class _Part:
     """A finding's in-plane part being continued, and the intensities it is continued by."""
@@ -227,14 +322,21 @@ class _Part:
 
 
 def _levels(
-    guide: np.ndarray, part: np.ndarray, free: np.ndarray, near: np.ndarray
+    guide: np.ndarray,
+    part: np.ndarray,
+    free: np.ndarray,
+    near: np.ndarray,
+    inner_part: np.ndarray | None = None,
 ) -> tuple[float, float] | None:
-    """Median intensity of ``part`` and of its unmarked surroundings, if they differ enough."""
+    """Median intensity of ``part`` (or of ``inner_part``, its core) and of its unmarked
+    surroundings between one and two ``near`` footprints out, if they differ enough.
+    2-D, or 3-D with a 3-D footprint."""
     inner = ndimage.binary_dilation(part, structure=near)
     ring = ndimage.binary_dilation(inner, structure=near) & ~inner & free
     if ring.sum() < 8:
         return None
-    inside, around = float(np.median(guide[part])), float(np.median(guide[ring]))
+    inside = float(np.median(guide[part if inner_part is None else inner_part]))
+    around = float(np.median(guide[ring]))
     return (inside, around) if abs(inside - around) >= MIN_CONTRAST else None
 
 

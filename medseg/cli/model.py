@@ -111,6 +111,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the image continues them (docs/segment.md)",
     )
     export.add_argument(
+        "--refine-rim-level",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="with --refine-radius: widen findings by the bordering pixels at least F of the "
+        "way from their surroundings' intensity to their core's (0: off, the default; "
+        "docs/segment.md)",
+    )
+    export.add_argument(
         "--note",
         action="append",
         default=[],
@@ -186,6 +195,7 @@ def run_export(args: argparse.Namespace) -> int:
         refine_radius_mm=args.refine_radius,
         refine_eps=args.refine_eps,
         refine_across_slices=args.refine_across_slices,
+        refine_rim_level=args.refine_rim_level,
         slice_context_mm=_trained_with(args.slice_context, training, "slice_context_mm"),
         pixel_spacing_mm=_trained_with(args.pixel_spacing, training, "pixel_spacing_mm"),
         default_ct_window=args.window or training.get("window") or "abdomen",

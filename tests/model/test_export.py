@@ -238,13 +238,22 @@ def test_card_asks_for_edge_refinement_only_when_exported_with_it(tmp_path, caps
     argv = ["model", "export", "--checkpoint", str(ckpt), "-o", str(out)]
     assert main(argv) == 0
     plain = load_card_for(out)
-    assert (plain.refine_radius_mm, plain.refine_across_slices) == (0.0, False)
+    assert (plain.refine_radius_mm, plain.refine_across_slices, plain.refine_rim_level) == (
+        0.0,
+        False,
+        0.0,
+    )
     refine = ["--refine-radius", "3", "--refine-eps", "2e-4", "--refine-across-slices"]
-    assert main([*argv, *refine]) == 0
+    assert main([*argv, *refine, "--refine-rim-level", "0.6"]) == 0
     card = load_card_for(out)
     assert (card.refine_radius_mm, card.refine_eps, card.refine_across_slices) == (3.0, 2e-4, True)
+    assert card.refine_rim_level == 0.6
     bad = tmp_path / "bad.onnx"
     argv[-1] = str(bad)
-    assert main([*argv, "--refine-radius", "-1"]) == 3
-    assert "refinement radius" in capsys.readouterr().err
-    assert not bad.exists() and not bad.with_suffix(".json").exists()
+    for wrong, message in (
+        (["--refine-radius", "-1"], "refinement radius"),
+        (["--refine-rim-level", "1"], "rim level"),
+    ):
+        assert main([*argv, *wrong]) == 3
+        assert message in capsys.readouterr().err
+        assert not bad.exists() and not bad.with_suffix(".json").exists()

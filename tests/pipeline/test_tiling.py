@@ -147,6 +147,23 @@ def test_serving_cuts_windows_of_the_card_spacing(tmp_path: Path) -> None:
     assert [(t.region.r0, t.region.c0) for t in tiles if t.k == 1] == starts
 
 
+def test_a_job_reports_the_windows_it_ran(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Automatic segmentation counts its sliding windows (not the prompt crops it has none
+    of), in the result and in the job's log line."""
+    path = tmp_path / "bright.onnx"
+    card = make_bright_model(path, size=SIZE, gain=8.0)
+    card = ModelCard.from_dict({**card.to_dict(), "pixel_spacing_mm": 0.5})
+    volume = make_volume(np.zeros((2, 40, 56), np.float32), spacing=(2.0, 1.0, 1.0))
+    engine = open_engine(path, card, threads=1)
+    try:
+        with caplog.at_level("INFO", logger="medseg.pipeline"):
+            result = pipeline.segment_volume_result(volume, engine, card, SegmentOptions())
+    finally:
+        engine.close()
+    assert result.tiles == 2 * 3 * 5
+    assert "segmenting 2 slices as 30 windows" in caplog.text
+
+
 def test_training_export_and_serving_cut_the_same_window_inputs() -> None:
     # 24-pixel windows on 20x30 slices: rows padded (-2 to 22), columns at 0 and 6
     card = ModelCard(name="x", input_size=SIZE, pixel_spacing_mm=0.75, slice_context_mm=2.0)
