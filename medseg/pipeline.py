@@ -316,7 +316,8 @@ def _run_tiles(
     engine: Engine,
     card: ModelCard,
     window: IntensityWindow,
-    planned: tuple[tuple[Tile, ...], TileBlender | None],
+    tiles: tuple[Tile, ...],
+    blender: TileBlender | None,
     batch_size: int,
     progress: bool,
     flips: tuple[str, ...] = (),
@@ -331,7 +332,6 @@ def _run_tiles(
 
     timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
     probabilities = np.zeros(volume.shape, dtype=np.float32)
-    tiles, blender = planned
     batches = list(_batches(tiles, batch_size))
     unit = "crop" if blender is None else "slice" if blender.single else "window"
     bar = tqdm(total=len(tiles), unit=unit, desc="segment", disable=not progress, leave=False)
@@ -398,19 +398,19 @@ def segment_volume_result(
     )
     flips = card.test_time_flips if options.test_time_flips is None else options.test_time_flips
     refinement = _refinement(card, options)
-    planned = _planned_tiles(volume, card, plan)
+    tiles, blender = _planned_tiles(volume, card, plan)
     log.info(
         "segmenting %d slices as %d %s, window %s, engine %s, test-time flips %s, refinement %s",
         volume.shape[0],
-        len(planned[0]),
-        _tile_unit(planned[1]),
+        len(tiles),
+        _tile_unit(blender),
         window.source,
         engine.name,
         ",".join(flips) or "none",
         _describe(refinement),
     )
     probabilities, timings = _run_tiles(
-        volume, engine, card, window, planned, options.batch_size, progress, flips
+        volume, engine, card, window, tiles, blender, options.batch_size, progress, flips
     )
     start = time.perf_counter()
     level = card.threshold if options.threshold is None else options.threshold
@@ -434,7 +434,7 @@ def segment_volume_result(
         )
     mask = clean_mask(select_components(raw, plan), volume.spacing, options.cleanup)
     timings["postprocess"] += time.perf_counter() - start
-    return VolumeResult(mask, probabilities, window, level, timings, len(planned[0]))
+    return VolumeResult(mask, probabilities, window, level, timings, len(tiles))
 
 
 def segment_volume(

@@ -43,6 +43,8 @@ _FIRST_STEP_SIZE = 1.5
 # so a thin bridge of noise does not join a neighbouring structure).
 _IN_PLANE = np.ones((3, 3), dtype=bool)
 _IN_PLANE_EDGES = ndimage.generate_binary_structure(2, 1)
+# 3-D findings: voxels touching by a face, an edge or a corner (26-neighbours).
+_ALL_NEIGHBOURS = np.ones((3, 3, 3), dtype=bool)
 # A finding's core: its voxels whose 8 in-plane neighbours are in it too.
 _CORE = np.zeros((3, 3, 3), dtype=bool)
 _CORE[1] = True
@@ -197,7 +199,7 @@ def continue_across_slices(
     todo = [
         (k, step, _Part(box, part, *levels, _FIRST_STEP_SIZE))
         for k in np.flatnonzero(out.any(axis=(1, 2)))
-        for box, part in _components(out[k], 4 * max(radius) + 2)
+        for box, part in _findings(out[k], (4 * max(radius) + 2,) * 2, _IN_PLANE)
         if (levels := _levels(window.apply(image[k][box]), part, ~out[k][box], near))
         for step in (-1, 1)
     ]
@@ -256,17 +258,19 @@ def widen_rims(
     radius = box_radius(settings.radius_mm, pixel_spacing)
     near = np.ones((1, 2 * radius[0] + 1, 2 * radius[1] + 1), dtype=bool)
     sigma = (0.0, *(settings.radius_mm / 2 / s for s in pixel_spacing))
-    for box, finding in _findings(mask, (0, 4 * radius[0] + 2, 4 * radius[1] + 2)):
+    margin = (0, 4 * radius[0] + 2, 4 * radius[1] + 2)
+    for box, finding in _findings(mask, margin, _ALL_NEIGHBOURS):
+        marked = mask[box]
         smooth = ndimage.gaussian_filter(window.apply(image[box]), sigma, mode="nearest")
         core = ndimage.binary_erosion(finding, structure=_CORE)
         inner_part = core if core.sum() >= _MIN_CORE else None
-        levels = _levels(smooth, finding, ~mask[box], near, inner_part)
+        levels = _levels(smooth, finding, ~marked, near, inner_part)
         if levels is None:
             continue
         inside, around = levels
         like = np.abs(smooth - inside) <= (1.0 - settings.rim_level) * abs(inside - around)
-        others = ndimage.binary_dilation(mask[box] & ~finding, structure=_CORE)
-        rim = ndimage.binary_dilation(finding, structure=_CORE) & ~mask[box] & ~others & like
+        others = ndimage.binary_dilation(marked & ~finding, structure=_CORE)
+        rim = ndimage.binary_dilation(finding, structure=_CORE) & ~marked & ~others & like
         if allowed is not None:
             rim &= allowed[box]
         out[box] |= rim
@@ -274,18 +278,17 @@ def widen_rims(
 
 
 def _findings(
-    mask: np.ndarray, margin: tuple[int, int, int]
+    mask: np.ndarray, margin: tuple[int, ...], structure: np.ndarray
 ) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
-    """Each 3-D connected finding (26-neighbours) as (its bounding box grown by ``margin``,
-    its mask there). Only the box around all findings is labelled, so a few findings in a
-    large volume cost little."""
-    hit = [
-        np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)
-    ]
+    """Each finding of ``mask`` (a slice or a volume; connected as ``structure`` says) as
+    (its bounding box grown by ``margin`` per axis, its mask there). Only the box around
+    all findings is labelled, so a few findings in a large volume cost little."""
+    axes = range(mask.ndim)
+    hit = [np.flatnonzero(mask.any(axis=tuple(a for a in axes if a != axis))) for axis in axes]
     if hit[0].size == 0:
         return
     region = tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hit)
-    labels, _ = ndimage.label(mask[region], structure=np.ones((3, 3, 3), dtype=bool))
+    labels, _ = ndimage.label(mask[region], structure=structure)
     for number, found in enumerate(ndimage.find_objects(labels), start=1):
         start = [r.start + f.start for r, f in zip(region, found, strict=True)]
         stop = [r.start + f.stop for r, f in zip(region, found, strict=True)]
@@ -338,19 +341,6 @@ def _levels(
     inside = float(np.median(guide[part if inner_part is None else inner_part]))
     around = float(np.median(guide[ring]))
     return (inside, around) if abs(inside - around) >= MIN_CONTRAST else None
-
-
-def _components(plane: np.ndarray, margin: int) -> list[tuple[tuple[slice, slice], np.ndarray]]:
-    """Each connected part of ``plane`` as (bounding box grown by ``margin``, its mask there)."""
-    labels, _ = ndimage.label(plane, structure=_IN_PLANE)
-    parts = []
-    for number, found in enumerate(ndimage.find_objects(labels), start=1):
-        box = tuple(
-            slice(max(s.start - margin, 0), min(s.stop + margin, n))
-            for s, n in zip(found, plane.shape, strict=True)
-        )
-        parts.append((box, labels[box] == number))
-    return parts  # type: ignore[return-value]
 
 
 def _touching(candidates: np.ndarray, part: np.ndarray) -> np.ndarray:
