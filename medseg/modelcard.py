@@ -56,7 +56,8 @@ class ModelCard:
     filter of that box radius and regularisation ``refine_eps`` (``medseg.refine``);
     ``refine_across_slices`` also continues findings onto neighbouring slices where the
     image continues them; ``refine_rim_level`` > 0 widens findings by the bordering pixels
-    that look like their inside.
+    that look like their inside, and ``refine_rim_trim`` > 0 (below the rim level) drops
+    their edge pixels that look like their surroundings.
     """
 
     name: str
@@ -83,6 +84,7 @@ class ModelCard:
     refine_eps: float = 1e-4
     refine_across_slices: bool = False
     refine_rim_level: float = 0.0
+    refine_rim_trim: float = 0.0
     intended_use: str = "research only, not for clinical use"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -105,7 +107,11 @@ class ModelCard:
         check_slice_context(self.slice_context_mm, self.channels, f"model card {self.name}")
         check_pixel_spacing(self.pixel_spacing_mm, f"model card {self.name}")
         check_refinement(
-            self.refine_radius_mm, self.refine_eps, f"model card {self.name}", self.refine_rim_level
+            self.refine_radius_mm,
+            self.refine_eps,
+            f"model card {self.name}",
+            self.refine_rim_level,
+            self.refine_rim_trim,
         )
         if not isinstance(self.refine_across_slices, bool):
             raise ConfigError(f"model card {self.name}: refine_across_slices must be true or false")
@@ -163,11 +169,14 @@ def check_pixel_spacing(spacing_mm: float, what: str) -> None:
         raise ConfigError(f"{what}: pixel_spacing_mm must be a finite value >= 0, got {spacing_mm}")
 
 
-def check_refinement(radius_mm: float, eps: float, what: str, rim_level: float = 0.0) -> None:
+def check_refinement(
+    radius_mm: float, eps: float, what: str, rim_level: float = 0.0, rim_trim: float = 0.0
+) -> None:
     """Edge refinement: box radius finite >= 0 mm (0: off), eps finite >= 1e-6, rim level
-    in [0, 1) (0: off).
+    in [0, 1) (0: off), rim trim 0 (off) or in (0, rim level).
 
-    Below 1e-6 (a thousandth of a window) the filter follows float32 round-off."""
+    Below 1e-6 (a thousandth of a window) the filter follows float32 round-off. A trim at or
+    above the rim level would let one pixel be both taken and dropped."""
     if not math.isfinite(radius_mm) or radius_mm < 0:
         raise ConfigError(
             f"{what}: refinement radius must be a finite value >= 0 mm, got {radius_mm}"
@@ -178,6 +187,13 @@ def check_refinement(radius_mm: float, eps: float, what: str, rim_level: float =
         raise ConfigError(f"{what}: refinement rim level must be a number, got {rim_level!r}")
     if not 0.0 <= rim_level < 1.0:
         raise ConfigError(f"{what}: refinement rim level must lie in [0, 1), got {rim_level}")
+    if isinstance(rim_trim, bool) or not isinstance(rim_trim, numbers.Real):
+        raise ConfigError(f"{what}: refinement rim trim must be a number, got {rim_trim!r}")
+    if rim_trim != 0.0 and not 0.0 < rim_trim < rim_level:
+        raise ConfigError(
+            f"{what}: refinement rim trim must be 0 (off) or lie in (0, rim level "
+            f"{rim_level:g}), got {rim_trim}"
+        )
 
 
 def parse_flips(text: str) -> tuple[str, ...]:

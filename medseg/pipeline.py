@@ -49,7 +49,7 @@ from medseg.prompts import (
     plan_prompts,
     select_components,
 )
-from medseg.refine import Refinement, continue_across_slices, refine_probabilities, widen_rims
+from medseg.refine import Refinement, continue_across_slices, redraw_rims, refine_probabilities
 from medseg.tiling import TileBlender, crop_padded, slice_regions, tile_extent
 
 log = logging.getLogger(__name__)
@@ -366,7 +366,13 @@ def _run_tiles(
 def _refinement(card: ModelCard, options: SegmentOptions) -> Refinement:
     """The card's edge refinement, unless the job names its own radius."""
     radius = card.refine_radius_mm if options.refine_radius_mm is None else options.refine_radius_mm
-    return Refinement(radius, card.refine_eps, card.refine_across_slices, card.refine_rim_level)
+    return Refinement(
+        radius,
+        card.refine_eps,
+        card.refine_across_slices,
+        card.refine_rim_level,
+        card.refine_rim_trim,
+    )
 
 
 def _tile_unit(blender: TileBlender | None) -> str:
@@ -379,7 +385,8 @@ def _describe(refinement: Refinement) -> str:
     if not refinement.enabled:
         return "off"
     across = ", across slices" if refinement.crosses_slices else ""
-    rims = f", rims at {refinement.rim_level:g}" if refinement.widens_rims else ""
+    trim = f" (trim {refinement.rim_trim:g})" if refinement.rim_trim else ""
+    rims = f", rims at {refinement.rim_level:g}{trim}" if refinement.redraws_rims else ""
     return f"{refinement.radius_mm:g} mm{across}{rims}"
 
 
@@ -428,9 +435,15 @@ def segment_volume_result(
         raw = continue_across_slices(
             raw, volume.voxels, window, volume.spacing[1:], refinement, allowed=plan.keep
         )
-    if refinement.widens_rims:
-        raw = widen_rims(
-            raw, volume.voxels, window, volume.spacing[1:], refinement, allowed=plan.keep
+    if refinement.redraws_rims:
+        raw = redraw_rims(
+            raw,
+            volume.voxels,
+            window,
+            volume.spacing,
+            refinement,
+            allowed=plan.keep,
+            pinned=plan.seeds(volume.shape),
         )
     mask = clean_mask(select_components(raw, plan), volume.spacing, options.cleanup)
     timings["postprocess"] += time.perf_counter() - start
@@ -448,9 +461,9 @@ def segment_volume(
 def fractional_masks(result: VolumeResult) -> np.ndarray:
     """Probabilities for a FRACTIONAL SEG, consistent with the final mask.
 
-    Voxels removed by prompts/clean-up are 0, voxels added by hole filling, by continuing
-    a finding across slices or by widening its rim are 1, the rest keep the (refined)
-    probability.
+    Voxels removed by prompts, clean-up or a rim's trim are 0, voxels added by hole
+    filling, by continuing a finding across slices or by widening its rim are 1, the rest
+    keep the (refined) probability.
     """
     frac = result.probabilities.copy()
     above = frac > np.float32(result.level)

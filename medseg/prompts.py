@@ -160,6 +160,16 @@ class PromptPlan:
     positive: tuple[tuple[int, int, int], ...] = ()
     negative: tuple[tuple[int, int, int], ...] = ()
 
+    def seeds(self, shape: tuple[int, int, int]) -> np.ndarray | None:
+        """The points' voxels as a bool mask of ``shape`` (None without points), so a
+        refinement that may drop voxels can leave the findings they hit alone."""
+        points = self.positive + self.negative
+        if not points:
+            return None
+        seeds = np.zeros(shape, dtype=bool)
+        seeds[tuple(np.transpose(points))] = True
+        return seeds
+
 
 def _voxel_indices(index: np.ndarray, shape: tuple[int, int, int], described: str) -> np.ndarray:
     """(..., 3) continuous (i, j, k) -> the nearest voxels' integer (i, j, k).

@@ -18,6 +18,7 @@ finding never lose probability, so a finding can shrink to its core but not vani
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -59,7 +60,8 @@ class Refinement:
     ``across_slices`` also continues findings into the neighbouring slices where the image
     continues them (:func:`continue_across_slices`). ``rim_level`` > 0 widens each finding
     by the bordering pixels that lie at least that fraction of the way from its
-    surroundings' intensity to its core's (:func:`widen_rims`).
+    surroundings' intensity to its core's, and ``rim_trim`` (0, or below ``rim_level``)
+    drops its edge pixels that lie less than that fraction of the way (:func:`redraw_rims`).
 
     ``eps`` is in squared window units (the guide is the windowed image in [0, 1]): edges
     whose contrast is well above ``sqrt(eps)`` steer the mask; in flatter regions the
@@ -70,9 +72,10 @@ class Refinement:
     eps: float = 1e-4
     across_slices: bool = False
     rim_level: float = 0.0
+    rim_trim: float = 0.0
 
     def __post_init__(self) -> None:
-        check_refinement(self.radius_mm, self.eps, "refinement", self.rim_level)
+        check_refinement(self.radius_mm, self.eps, "refinement", self.rim_level, self.rim_trim)
 
     @property
     def enabled(self) -> bool:
@@ -83,7 +86,7 @@ class Refinement:
         return self.enabled and self.across_slices
 
     @property
-    def widens_rims(self) -> bool:
+    def redraws_rims(self) -> bool:
         return self.enabled and self.rim_level > 0
 
 
@@ -224,57 +227,85 @@ def continue_across_slices(
     return out
 
 
-def widen_rims(
+def redraw_rims(
     mask: np.ndarray,
     image: np.ndarray,
     window: IntensityWindow,
-    pixel_spacing: tuple[float, float],
+    spacing: tuple[float, float, float],
     settings: Refinement,
     allowed: np.ndarray | None = None,
+    pinned: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``mask`` plus the pixels just outside each finding that look like its inside.
+    """``mask`` with each finding's border redrawn by a pixel where the image says so.
 
     The network's outline of a low-contrast lesion, and the guided filter's after it, tend
     to sit a pixel inside the lesion (on tuning phantoms the missed border pixels
-    outnumbered the extra ones 1.4 to 1). On the windowed image Gaussian-smoothed
-    in plane with sigma r/2, take for each 3-D connected finding the median intensity of its
-    core (voxels whose 8 in-plane neighbours are in it; all of it when the core has fewer
-    than 4) and of its ring (unmarked pixels between one and two box radii out in plane);
-    if they differ by at least :data:`MIN_CONTRAST`, every unmarked pixel 8-adjacent in
-    plane to the finding joins it when its intensity lies within ``1 - rim_level`` of that
-    difference of the core's: at least ``rim_level`` of the way from the ring's value to
-    the core's, and no further beyond it (fat beside a dark lesion, bone beside a bright
-    one, stays out). All three values are read from the same smoothed image, so a small
-    lesion's blurred core is compared with its equally blurred border. One pixel at most,
-    so a finding cannot run into a neighbouring organ, and none that touches another
-    finding, so two findings are not joined. Returns a new array; never removes a voxel;
-    adds none outside ``allowed`` (bool, same shape) when given.
+    outnumbered the extra ones 1.4 to 1), and where they do not, a pixel of noise decides
+    the border. On the windowed image Gaussian-smoothed with sigma r/2 mm along all three
+    axes (CT noise is independent from slice to slice, a lesion is not), take for each 3-D
+    connected finding the median intensity of its core (voxels whose 8 in-plane neighbours
+    are in it; all of it when the core has fewer than 4) and of its ring (unmarked pixels
+    between one and two box radii out in plane); if they differ by at least
+    :data:`MIN_CONTRAST`:
+
+    * with ``rim_trim`` T > 0 and a core of at least 4 voxels, each of the finding's edge
+      pixels (not its core) is dropped when it lies less than T of that difference from
+      the ring's value towards the core's: it looks like the surroundings. A finding
+      holding a ``pinned`` voxel (a prompt's point) is not trimmed, so the point still hits
+      it;
+    * every unmarked pixel 8-adjacent in plane to what is left joins it when its intensity
+      lies within ``1 - rim_level`` of that difference of the core's: at least
+      ``rim_level`` of the way from the ring's value to the core's, and no further beyond
+      it (fat beside a dark lesion, bone beside a bright one, stays out).
+
+    All three values are read from the same smoothed image, so a small lesion's blurred
+    core is compared with its equally blurred border. Pixels join in plane only, one at
+    most, so a finding cannot run into a neighbouring organ; the trim takes only edge
+    pixels, which on a finding's end slices can be all of them. No pixel joins whose
+    26 neighbours hold another finding or a pixel joining another finding, so two findings
+    are not joined. ``spacing`` is (slice, row, column) in mm. Returns a new array; adds
+    none outside ``allowed`` (bool, same shape) when given.
     """
-    _check_masks(mask, image, allowed)
+    _check_masks(mask, image, allowed, pinned)
+    if len(spacing) != 3:
+        raise ValueError(f"spacing must be (slice, row, column) mm, got {spacing}")
     mask = np.asarray(mask, dtype=bool)
     out = mask.copy()
-    if not settings.widens_rims:
+    if not settings.redraws_rims:
         return out
-    radius = box_radius(settings.radius_mm, pixel_spacing)
+    radius = box_radius(settings.radius_mm, spacing[1:])
     near = np.ones((1, 2 * radius[0] + 1, 2 * radius[1] + 1), dtype=bool)
-    sigma = (0.0, *(settings.radius_mm / 2 / s for s in pixel_spacing))
-    margin = (0, 4 * radius[0] + 2, 4 * radius[1] + 2)
+    sigma = tuple(settings.radius_mm / 2 / s for s in spacing)
+    margin = (math.ceil(4 * sigma[0]), 4 * radius[0] + 2, 4 * radius[1] + 2)
+    claims = np.zeros(mask.shape, dtype=np.uint8)  # findings whose rim takes each pixel
+    rims = []
     for box, finding in _findings(mask, margin, _ALL_NEIGHBOURS):
-        marked = mask[box]
         smooth = ndimage.gaussian_filter(window.apply(image[box]), sigma, mode="nearest")
         core = ndimage.binary_erosion(finding, structure=_CORE)
-        inner_part = core if core.sum() >= _MIN_CORE else None
-        levels = _levels(smooth, finding, ~marked, near, inner_part)
+        has_core = core.sum() >= _MIN_CORE
+        levels = _levels(smooth, finding, ~mask[box], near, core if has_core else None)
         if levels is None:
             continue
         inside, around = levels
+        kept = finding
+        if settings.rim_trim > 0 and has_core and not _holds(finding, pinned, box):
+            towards_core = (smooth - around) / (inside - around)
+            kept = finding & (core | (towards_core >= settings.rim_trim))
         like = np.abs(smooth - inside) <= (1.0 - settings.rim_level) * abs(inside - around)
-        others = ndimage.binary_dilation(marked & ~finding, structure=_CORE)
-        rim = ndimage.binary_dilation(finding, structure=_CORE) & ~marked & ~others & like
+        rim = ndimage.binary_dilation(kept, structure=_CORE) & ~mask[box] & like
         if allowed is not None:
             rim &= allowed[box]
-        out[box] |= rim
+        out[box] &= ~(finding & ~kept)
+        claims[box] += rim
+        rims.append((box, finding, rim))
+    for box, finding, rim in rims:
+        others = (mask[box] & ~finding) | (claims[box] > rim)
+        out[box] |= rim & ~ndimage.binary_dilation(others, structure=_ALL_NEIGHBOURS)
     return out
+
+
+def _holds(finding: np.ndarray, pinned: np.ndarray | None, box: tuple[slice, ...]) -> bool:
+    return pinned is not None and bool((finding & pinned[box]).any())
 
 
 def _findings(
@@ -304,13 +335,19 @@ def _findings(
         yield box, finding
 
 
-def _check_masks(mask: np.ndarray, image: np.ndarray, allowed: np.ndarray | None) -> None:
+def _check_masks(
+    mask: np.ndarray,
+    image: np.ndarray,
+    allowed: np.ndarray | None,
+    pinned: np.ndarray | None = None,
+) -> None:
     if mask.ndim != 3:
         raise ValueError(f"mask must be (slices, rows, cols), got shape {mask.shape}")
     if not mask.shape == image.shape:
         raise ValueError(f"mask {mask.shape} and image {image.shape} must have one shape")
-    if allowed is not None and (allowed.shape != mask.shape or allowed.dtype != bool):
-        raise ValueError(f"allowed voxels must be a bool array of shape {mask.shape}")
+    for name, voxels in (("allowed", allowed), ("pinned", pinned)):
+        if voxels is not None and (voxels.shape != mask.shape or voxels.dtype != bool):
+            raise ValueError(f"{name} voxels must be a bool array of shape {mask.shape}")
 
 
 @dataclass(frozen=True)

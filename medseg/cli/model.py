@@ -120,6 +120,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "docs/segment.md)",
     )
     export.add_argument(
+        "--refine-rim-trim",
+        type=float,
+        default=0.0,
+        metavar="T",
+        help="with --refine-rim-level F: also drop the edge pixels of findings that lie less "
+        "than T of the way from their surroundings' intensity to their core's (0 < T < F; "
+        "0: off, the default; docs/segment.md)",
+    )
+    export.add_argument(
         "--note",
         action="append",
         default=[],
@@ -196,6 +205,7 @@ def run_export(args: argparse.Namespace) -> int:
         refine_eps=args.refine_eps,
         refine_across_slices=args.refine_across_slices,
         refine_rim_level=args.refine_rim_level,
+        refine_rim_trim=args.refine_rim_trim,
         slice_context_mm=_trained_with(args.slice_context, training, "slice_context_mm"),
         pixel_spacing_mm=_trained_with(args.pixel_spacing, training, "pixel_spacing_mm"),
         default_ct_window=args.window or training.get("window") or "abdomen",

@@ -43,6 +43,17 @@ def _range(text: str) -> tuple[int, int]:
     return values
 
 
+def _sizes(text: str) -> tuple[float, float]:
+    try:
+        low, _, high = text.partition("-")
+        values = (float(low), float(high or low))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"lesion size must be MM or MIN-MAX mm, not {text!r}"
+        ) from exc
+    return values
+
+
 def _organ_weights(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -85,6 +96,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--lesions", type=_range, default=(0, 4), metavar="MIN-MAX", help="default 0-4"
     )
     parser.add_argument(
+        "--lesion-size",
+        type=_sizes,
+        default=(5.0, 40.0),
+        metavar="MIN-MAX",
+        help="lesion diameters in mm, drawn log-uniformly (default 5-40)",
+    )
+    parser.add_argument(
         "--lesion-organs",
         type=_organ_weights,
         default=(0.8, 0.1, 0.1),
@@ -118,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         slice_spacing=2.5 if slice_spacing is None else slice_spacing,
         min_lesions=args.lesions[0],
         max_lesions=args.lesions[1],
+        lesion_diameter_mm=args.lesion_size,
         lesion_organ_weights=args.lesion_organs,
     )
     out_dir: Path = args.out_dir

@@ -244,15 +244,18 @@ def test_card_asks_for_edge_refinement_only_when_exported_with_it(tmp_path, caps
         0.0,
     )
     refine = ["--refine-radius", "3", "--refine-eps", "2e-4", "--refine-across-slices"]
-    assert main([*argv, *refine, "--refine-rim-level", "0.6"]) == 0
+    assert plain.refine_rim_trim == 0.0
+    rims = ["--refine-rim-level", "0.6", "--refine-rim-trim", "0.3"]
+    assert main([*argv, *refine, *rims]) == 0
     card = load_card_for(out)
     assert (card.refine_radius_mm, card.refine_eps, card.refine_across_slices) == (3.0, 2e-4, True)
-    assert card.refine_rim_level == 0.6
+    assert (card.refine_rim_level, card.refine_rim_trim) == (0.6, 0.3)
     bad = tmp_path / "bad.onnx"
     argv[-1] = str(bad)
     for wrong, message in (
         (["--refine-radius", "-1"], "refinement radius"),
         (["--refine-rim-level", "1"], "rim level"),
+        (["--refine-rim-level", "0.6", "--refine-rim-trim", "0.6"], "rim trim"),
     ):
         assert main([*argv, *wrong]) == 3
         assert message in capsys.readouterr().err

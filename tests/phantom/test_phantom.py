@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,21 @@ def test_cli_lesion_organs_reach_the_phantom(tmp_path: Path, capsys) -> None:
         main([*args, "--overwrite", "--lesion-organs", "1,2"])
     assert exited.value.code == 2
     assert "LIVER,SPLEEN,KIDNEY" in capsys.readouterr().err
+
+
+def test_cli_lesion_size_reaches_the_phantom(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["phantom", str(out), "--spacing", "2,2.5", "--lesions", "4", "--count", "2"]
+    assert main([*args, "--lesion-size", "5-8"]) == 0
+    sizes = [int(mm) for mm in re.findall(r"(\d+) mm", capsys.readouterr().out)]
+    assert len(sizes) == 8 and all(5 <= mm <= 8 for mm in sizes)
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--overwrite", "--lesion-size", "big"])
+    assert exited.value.code == 2
+    assert "MIN-MAX" in capsys.readouterr().err
+    for wrong in ("0.5-3", "9-6"):
+        assert main([*args, "--overwrite", "--lesion-size", wrong]) == 3
+        assert "lesion diameters" in capsys.readouterr().err
 
 
 def test_written_phantom_loads_and_seg_truth_is_aligned(tmp_path: Path) -> None:
