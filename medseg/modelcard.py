@@ -183,17 +183,21 @@ def check_refinement(
         )
     if not math.isfinite(eps) or eps < 1e-6:
         raise ConfigError(f"{what}: refinement eps must be a finite value >= 1e-6, got {eps}")
-    if isinstance(rim_level, bool) or not isinstance(rim_level, numbers.Real):
-        raise ConfigError(f"{what}: refinement rim level must be a number, got {rim_level!r}")
+    _check_number(rim_level, f"{what}: refinement rim level")
     if not 0.0 <= rim_level < 1.0:
         raise ConfigError(f"{what}: refinement rim level must lie in [0, 1), got {rim_level}")
-    if isinstance(rim_trim, bool) or not isinstance(rim_trim, numbers.Real):
-        raise ConfigError(f"{what}: refinement rim trim must be a number, got {rim_trim!r}")
+    _check_number(rim_trim, f"{what}: refinement rim trim")
     if rim_trim != 0.0 and not 0.0 < rim_trim < rim_level:
         raise ConfigError(
             f"{what}: refinement rim trim must be 0 (off) or lie in (0, rim level "
             f"{rim_level:g}), got {rim_trim}"
         )
+
+
+def _check_number(value: object, what: str) -> None:
+    """A real number, not a bool or a string (JSON cards can hold either)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{what} must be a number, got {value!r}")
 
 
 def parse_flips(text: str) -> tuple[str, ...]:

@@ -34,24 +34,21 @@ def _spacing(text: str) -> tuple[float, float | None]:
     return values[0], values[1] if len(values) == 2 else None
 
 
-def _range(text: str) -> tuple[int, int]:
+def _span(text: str, cast: type, usage: str) -> tuple:
+    """'N' or 'MIN-MAX' -> (min, max), each through ``cast``."""
     try:
         low, _, high = text.partition("-")
-        values = (int(low), int(high or low))
+        return cast(low), cast(high or low)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"lesions must be N or MIN-MAX, not {text!r}") from exc
-    return values
+        raise argparse.ArgumentTypeError(f"{usage}, not {text!r}") from exc
+
+
+def _range(text: str) -> tuple[int, int]:
+    return _span(text, int, "lesions must be N or MIN-MAX")
 
 
 def _sizes(text: str) -> tuple[float, float]:
-    try:
-        low, _, high = text.partition("-")
-        values = (float(low), float(high or low))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"lesion size must be MM or MIN-MAX mm, not {text!r}"
-        ) from exc
-    return values
+    return _span(text, float, "lesion size must be MM or MIN-MAX mm")
 
 
 def _organ_weights(text: str) -> tuple[float, float, float]:

@@ -11,7 +11,12 @@ from scipy import ndimage
 from medseg.engine import open_engine
 from medseg.errors import ConfigError
 from medseg.modelcard import ModelCard
-from medseg.pipeline import SegmentOptions, fractional_masks, segment_volume_result
+from medseg.pipeline import (
+    SegmentOptions,
+    VolumeResult,
+    fractional_masks,
+    segment_volume_result,
+)
 from medseg.postprocess import label_components
 from medseg.preprocess import IntensityWindow
 from medseg.prompts import PromptPlan, parse_box, plan_prompts
@@ -26,6 +31,8 @@ TRIMMED = Refinement(3.0, 1e-4, rim_level=0.6, rim_trim=0.3)
 # sharp edge stays sharp enough for the whole first ring inside it to read as lesion.
 # 2.5 mm slices: sigma 0.6 of a slice across them.
 SPACING = (2.5, 2.0, 2.0)
+# The end-to-end card tests' volume: 2 mm slices of 1.5 mm pixels.
+CARD_SPACING = (2.0, 1.5, 1.5)
 IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
 IN_PLANE[1] = True
 
@@ -366,20 +373,19 @@ def test_a_bad_rim_level_is_refused(level: object) -> None:
         Refinement(3.0, rim_level=level)  # type: ignore[arg-type]
 
 
-def test_a_card_with_rims_widens_what_the_rest_of_the_pipeline_found(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """End to end: a stand-in for a stride-8 network outlines a blurred lesion a little
-    inside it. The card's rims are the last refinement step: the job's mask is exactly the
-    same card without them, widened; a FRACTIONAL SEG marks the added voxels as certain."""
+def _card_jobs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, network_level: float, rims: dict
+) -> tuple[np.ndarray, np.ndarray, ModelCard, VolumeResult, VolumeResult]:
+    """A blurred lesion segmented by a stride-8 stand-in network whose card refines in and
+    across slices, without and then with ``rims`` in the card (the latter logged):
+    (truth, voxels, card with rims, result without, result with)."""
     truth = _disk(11.0)
     voxels = ndimage.gaussian_filter(_image(truth, 120.0), (0, 0.8, 0.8))
     path = tmp_path / "coarse.onnx"
-    plain = make_coarse_bright_model(path, (64, 64), stride=8, level=0.55, gain=20.0)
+    plain = make_coarse_bright_model(path, (64, 64), stride=8, level=network_level, gain=20.0)
     edges = {**plain.to_dict(), "refine_radius_mm": 3.0, "refine_across_slices": True}
-    card = ModelCard.from_dict({**edges, "refine_rim_level": 0.6})
-    spacing = (2.0, 1.5, 1.5)
-    volume = make_volume(voxels, spacing=spacing)
+    card = ModelCard.from_dict({**edges, **rims})
+    volume = make_volume(voxels, spacing=CARD_SPACING)
     options = SegmentOptions(window="60/400")
     engine = open_engine(path, card, threads=1)
     try:
@@ -388,7 +394,18 @@ def test_a_card_with_rims_widens_what_the_rest_of_the_pipeline_found(
             result = segment_volume_result(volume, engine, card, options)
     finally:
         engine.close()
-    expected = redraw_rims(without.mask, voxels, WINDOW, spacing, card_refinement(card))
+    return truth, voxels, card, without, result
+
+
+def test_a_card_with_rims_widens_what_the_rest_of_the_pipeline_found(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """End to end: a stand-in for a stride-8 network outlines a blurred lesion a little
+    inside it. The card's rims are the last refinement step: the job's mask is exactly the
+    same card without them, widened; a FRACTIONAL SEG marks the added voxels as certain."""
+    rims = {"refine_rim_level": 0.6}
+    truth, voxels, card, without, result = _card_jobs(tmp_path, caplog, 0.55, rims)
+    expected = redraw_rims(without.mask, voxels, WINDOW, CARD_SPACING, card_refinement(card))
     assert (expected & ~without.mask).any()
     np.testing.assert_array_equal(result.mask, expected)
     assert _dice(result.mask, truth) > _dice(without.mask, truth)
@@ -403,23 +420,9 @@ def test_a_card_with_a_trim_drops_edge_voxels_and_a_fractional_seg_agrees(
     """End to end: a stand-in network with a low brightness level outlines a blurred
     lesion a little outside it. With the card's trim the job's mask is the untrimmed
     job's refined mask, redrawn with the trim; dropped voxels read 0 in a FRACTIONAL SEG."""
-    truth = _disk(11.0)
-    voxels = ndimage.gaussian_filter(_image(truth, 120.0), (0, 0.8, 0.8))
-    path = tmp_path / "coarse.onnx"
-    plain = make_coarse_bright_model(path, (64, 64), stride=8, level=0.47, gain=20.0)
-    edges = {**plain.to_dict(), "refine_radius_mm": 3.0, "refine_across_slices": True}
-    card = ModelCard.from_dict({**edges, "refine_rim_level": 0.6, "refine_rim_trim": 0.3})
-    spacing = (2.0, 1.5, 1.5)
-    volume = make_volume(voxels, spacing=spacing)
-    options = SegmentOptions(window="60/400")
-    engine = open_engine(path, card, threads=1)
-    try:
-        without = segment_volume_result(volume, engine, ModelCard.from_dict(edges), options)
-        with caplog.at_level("INFO", logger="medseg.pipeline"):
-            result = segment_volume_result(volume, engine, card, options)
-    finally:
-        engine.close()
-    expected = redraw_rims(without.mask, voxels, WINDOW, spacing, card_refinement(card))
+    rims = {"refine_rim_level": 0.6, "refine_rim_trim": 0.3}
+    truth, voxels, card, without, result = _card_jobs(tmp_path, caplog, 0.47, rims)
+    expected = redraw_rims(without.mask, voxels, WINDOW, CARD_SPACING, card_refinement(card))
     np.testing.assert_array_equal(result.mask, expected)
     assert (without.mask & ~result.mask).any()
     assert _dice(result.mask, truth) > _dice(without.mask, truth)
