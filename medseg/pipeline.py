@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from medseg.dicom.files import SkippedFile
+from medseg.dicom.marks import Mark, marks_to_prompts
 from medseg.dicom.volume import Volume
 from medseg.engine import open_engine
 from medseg.engine.base import Engine
@@ -64,6 +65,8 @@ class SegmentOptions:
     ``model`` None means the bundled default model. ``threshold``, ``test_time_flips`` and
     ``refine_radius_mm`` None mean the model card's (a radius of 0 turns the card's edge
     refinement off). ``window`` is a spec for :func:`medseg.preprocess.resolve_window`.
+    ``marks`` (a reader's GSPS/SR marks, ``medseg.dicom.marks``) become prompts once the
+    series is loaded, beside ``prompts``.
     """
 
     model: Path | None = None
@@ -75,6 +78,7 @@ class SegmentOptions:
     test_time_flips: tuple[str, ...] | None = None
     refine_radius_mm: float | None = None
     prompts: tuple[Prompt, ...] = ()
+    marks: tuple[Mark, ...] = ()
     series_uid: str | None = None
     min_component_mm3: float = 0.0
     largest_component: bool = False
@@ -400,8 +404,9 @@ def segment_volume_result(
 ) -> VolumeResult:
     """Segment an in-memory volume; the full result with timings (see ``segment_volume``)."""
     window = resolve_window(volume, options.window, card)
+    prompts = (*options.prompts, *marks_to_prompts(options.marks, volume))
     plan = plan_prompts(
-        options.prompts, volume, box_margin=options.box_margin, point_crop_mm=options.point_crop_mm
+        prompts, volume, box_margin=options.box_margin, point_crop_mm=options.point_crop_mm
     )
     flips = card.test_time_flips if options.test_time_flips is None else options.test_time_flips
     refinement = _refinement(card, options)

@@ -24,6 +24,8 @@ PROMPT_HELP = """prompts (coordinates are 0-based voxel indices: column, row, sl
   --box-mm x0,y0,x1,y1@z     box in LPS mm at z (mm); @z0:z1 for a range
   --point i,j,k[:neg]        positive point (keep its component) or negative (drop it)
   --point-mm x,y,z[:neg]     the same in LPS mm
+  --prompts-from FILE        a reader's marks saved by a viewer (GSPS or TID 1500 SR):
+                             points, diameters, circles, ellipses, outlines (docs/marks.md)
 values starting with '-' need '=': --point-mm=-12.5,30,-100  --window=-600/1500
 """
 
@@ -68,6 +70,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--point", action="append", default=[], metavar="i,j,k[:neg]")
     parser.add_argument("--point-mm", action="append", default=[], metavar="x,y,z[:neg]")
     parser.add_argument(
+        "--prompts-from", action="append", default=[], type=Path, metavar="FILE", help="GSPS/SR"
+    )
+    parser.add_argument(
         "--box-margin", type=float, default=0.15, help="context around a box (fraction, 0.15)"
     )
     parser.add_argument(
@@ -104,7 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazily)
-    """Command-line arguments -> SegmentOptions; bad prompts raise PromptError here."""
+    """Command-line arguments -> SegmentOptions; bad prompts raise PromptError here, an
+    unusable --prompts-from file DicomInputError."""
+    from medseg.dicom.marks import read_marks
     from medseg.modelcard import parse_flips
     from medseg.pipeline import SegmentOptions
     from medseg.prompts import parse_box, parse_point
@@ -115,6 +122,7 @@ def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazi
         *(parse_point(text) for text in args.point),
         *(parse_point(text, "mm") for text in args.point_mm),
     )
+    marks = tuple(mark for path in args.prompts_from for mark in read_marks(path))
     providers = tuple(p.strip() for p in args.providers.split(",") if p.strip())
     return SegmentOptions(
         model=args.model,
@@ -126,6 +134,7 @@ def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazi
         test_time_flips=None if args.flips is None else parse_flips(args.flips),
         refine_radius_mm=args.refine_radius,
         prompts=prompts,
+        marks=marks,
         series_uid=args.series,
         min_component_mm3=args.min_volume,
         largest_component=args.largest,

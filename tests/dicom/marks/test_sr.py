@@ -3,9 +3,6 @@ dsrdump as checker) -> marks -> prompts."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 from dataclasses import astuple
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from tests.dicom.marks.writers import (
     image_region,
     image_region_3d,
     length,
+    tid1500writer_sr,
     volume_3d,
     write_report,
 )
@@ -138,76 +136,10 @@ def test_unsupported_graphic_type_is_refused_in_one_line(tmp_path: Path, series)
     assert "\n" not in message
 
 
-def _tid1500writer(tmp_path: Path, shared_dir: Path) -> Path:
-    """An SR written by dcmqi: volumetric measurements of a DICOM-SEG segment."""
-    ct = shared_dir / "data" / "dcmqi" / "ct-3slice"
-    seg = shared_dir / "data" / "dcmqi" / "liver.dcm"
-    context = tmp_path / "context"
-    context.mkdir()
-    shutil.copy(seg, context / "liver.dcm")
-    image = pydicom.dcmread(ct / "01.dcm", stop_before_pixels=True)
-    code = {"CodingSchemeDesignator": "SCT"}
-    meta = {
-        "SeriesDescription": "Measurements",
-        "SeriesNumber": "1001",
-        "InstanceNumber": "1",
-        "compositeContext": ["liver.dcm"],
-        "imageLibrary": ["01.dcm", "02.dcm", "03.dcm"],
-        "observerContext": {"ObserverType": "PERSON", "PersonObserverName": "Reader1"},
-        "VerificationFlag": "VERIFIED",
-        "CompletionFlag": "COMPLETE",
-        "activitySession": "1",
-        "timePoint": "1",
-        "Measurements": [
-            {
-                "TrackingIdentifier": "liver",
-                "ReferencedSegment": 1,
-                "SourceSeriesForImageSegmentation": str(image.SeriesInstanceUID),
-                "segmentationSOPInstanceUID": str(pydicom.dcmread(seg).SOPInstanceUID),
-                "Finding": {"CodeValue": "10200004", "CodeMeaning": "Liver", **code},
-                "FindingSite": {"CodeValue": "10200004", "CodeMeaning": "Liver", **code},
-                "measurementItems": [
-                    {
-                        "value": "70.3",
-                        "quantity": {"CodeValue": "118565006", "CodeMeaning": "Volume", **code},
-                        "units": {
-                            "CodeValue": "cm3",
-                            "CodingSchemeDesignator": "UCUM",
-                            "CodeMeaning": "cubic centimeter",
-                        },
-                    }
-                ],
-            }
-        ],
-    }
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
-    out = tmp_path / "dcmqi-sr.dcm"
-    tool = shutil.which("tid1500writer")
-    assert tool, "dcmqi's tid1500writer is part of the test extras"
-    done = subprocess.run(
-        [
-            tool,
-            "--inputMetadata",
-            str(tmp_path / "meta.json"),
-            "--inputImageLibraryDirectory",
-            str(ct),
-            "--inputCompositeContextDirectory",
-            str(context),
-            "--outputDICOM",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0 and out.is_file(), done.stdout + done.stderr
-    return out
-
-
 def test_sr_written_by_dcmqi_is_refused_naming_its_segmentation(tmp_path, shared_dir) -> None:
     """dcmqi's tid1500writer records measurements of a SEG segment (TID 1411), never a
     region drawn on an image: there is no mark to take, and the message says why."""
-    path = _tid1500writer(tmp_path, shared_dir)
+    path = tid1500writer_sr(tmp_path, shared_dir)
     checked = dsrdump(path)
     assert checked.returncode == 0 and "Measurement Group" in checked.stdout
     with pytest.raises(DicomInputError) as info:
@@ -216,8 +148,3 @@ def test_sr_written_by_dcmqi_is_refused_naming_its_segmentation(tmp_path, shared
     assert "no mark to take prompts from" in message
     assert "refer to a segmentation" in message and "(Enhanced SR)" in message
     assert "\n" not in message
-
-
-def tid1500writer_sr(tmp_path: Path, shared_dir: Path) -> Path:
-    """For other test modules (the CLI)."""
-    return _tid1500writer(tmp_path, shared_dir)

@@ -3,6 +3,7 @@ with dcmqi's tid1500writer; and check each with an independent dcmtk tool."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -299,3 +300,69 @@ def dsrdump(path: Path) -> subprocess.CompletedProcess[str]:
     tool = shutil.which("dsrdump")
     assert tool, "dcmtk's dsrdump is installed by tests/install-deps.sh"
     return subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+
+
+def tid1500writer_sr(tmp_path: Path, shared_dir: Path) -> Path:
+    """An SR written by dcmqi: volumetric measurements of a DICOM-SEG segment."""
+    ct = shared_dir / "data" / "dcmqi" / "ct-3slice"
+    seg = shared_dir / "data" / "dcmqi" / "liver.dcm"
+    context = tmp_path / "context"
+    context.mkdir(parents=True)
+    shutil.copy(seg, context / "liver.dcm")
+    image = pydicom.dcmread(ct / "01.dcm", stop_before_pixels=True)
+    code = {"CodingSchemeDesignator": "SCT"}
+    meta = {
+        "SeriesDescription": "Measurements",
+        "SeriesNumber": "1001",
+        "InstanceNumber": "1",
+        "compositeContext": ["liver.dcm"],
+        "imageLibrary": ["01.dcm", "02.dcm", "03.dcm"],
+        "observerContext": {"ObserverType": "PERSON", "PersonObserverName": "Reader1"},
+        "VerificationFlag": "VERIFIED",
+        "CompletionFlag": "COMPLETE",
+        "activitySession": "1",
+        "timePoint": "1",
+        "Measurements": [
+            {
+                "TrackingIdentifier": "liver",
+                "ReferencedSegment": 1,
+                "SourceSeriesForImageSegmentation": str(image.SeriesInstanceUID),
+                "segmentationSOPInstanceUID": str(pydicom.dcmread(seg).SOPInstanceUID),
+                "Finding": {"CodeValue": "10200004", "CodeMeaning": "Liver", **code},
+                "FindingSite": {"CodeValue": "10200004", "CodeMeaning": "Liver", **code},
+                "measurementItems": [
+                    {
+                        "value": "70.3",
+                        "quantity": {"CodeValue": "118565006", "CodeMeaning": "Volume", **code},
+                        "units": {
+                            "CodeValue": "cm3",
+                            "CodingSchemeDesignator": "UCUM",
+                            "CodeMeaning": "cubic centimeter",
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    out = tmp_path / "dcmqi-sr.dcm"
+    tool = shutil.which("tid1500writer")
+    assert tool, "dcmqi's tid1500writer is part of the test extras"
+    done = subprocess.run(
+        [
+            tool,
+            "--inputMetadata",
+            str(tmp_path / "meta.json"),
+            "--inputImageLibraryDirectory",
+            str(ct),
+            "--inputCompositeContextDirectory",
+            str(context),
+            "--outputDICOM",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and out.is_file(), done.stdout + done.stderr
+    return out
