@@ -44,6 +44,13 @@ def read_marks(path: str | os.PathLike) -> list[Mark]:
             )
     except DicomInputError as exc:
         raise DicomInputError(f"{path}: {exc}") from None
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:
+        # a value of the wrong form (text where a number belongs, a missing item): the
+        # file's fault, reported as such; the detail goes to the DEBUG log only
+        log.debug("reading marks from %s failed", path, exc_info=True)
+        raise DicomInputError(
+            f"{path}: malformed mark object ({type(exc).__name__}; medseg -vv shows more)"
+        ) from None
     if not marks:
         reason = explain_no_marks(ds) if sop_class in SR_SOP_CLASSES else "it holds no graphic"
         raise DicomInputError(f"{path}: no mark to take prompts from: {reason} ({what})")

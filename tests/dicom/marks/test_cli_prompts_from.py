@@ -49,7 +49,7 @@ def test_gsps_rectangle_segments_like_the_same_box_given_on_the_command_line(
 ) -> None:
     paths = _series(tmp_path / "ct")
     gsps = GspsWriter(paths, [Annotation([Graphic("POLYLINE", RECTANGLE)], image=2)])
-    marks = gsps.write(tmp_path / "marks.pr.dcm")
+    marks = gsps.write(tmp_path / "ct" / "marks.pr.dcm")  # the loader passes over it
     from_marks, by_hand = tmp_path / "marks.seg.dcm", tmp_path / "hand.seg.dcm"
     code, out, err = _segment(
         capsys, tmp_path / "ct", from_marks, bright_model,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 
 from medseg.dicom import Volume, load_series
@@ -205,3 +206,17 @@ def test_several_marks_keep_their_order(tmp_path: Path, series) -> None:
     ]
     prompts = marks_to_prompts(_read(tmp_path, GspsWriter(paths, annotations)), volume)
     assert prompts == [PointPrompt(1, 1, 0), PointPrompt(2, 2, 0), PointPrompt(3, 3, 3)]
+
+
+def test_displayed_area_with_one_corner_value_is_one_line(tmp_path: Path, series) -> None:
+    paths, _ = series
+    point = Graphic("POINT", [(0.5, 0.5)], "DISPLAY")
+    path = GspsWriter(paths, [Annotation([point])], areas=[AREA]).write(tmp_path / "p")
+    ds = pydicom.dcmread(path)
+    ds.DisplayedAreaSelectionSequence[0].DisplayedAreaBottomRightHandCorner = [36]  # one of 2
+    ds.save_as(path)
+    with pytest.raises(
+        DicomInputError, match="GSPS: a displayed area has no valid corners"
+    ) as info:
+        read_marks(path)
+    assert "\n" not in str(info.value)
