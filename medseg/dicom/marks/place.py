@@ -54,7 +54,8 @@ def _slice_of(mark: Mark, volume: Volume) -> int:
 
 
 def _on_volume(mark: Mark, volume: Volume) -> tuple[np.ndarray, int]:
-    """The mark's points as (n, 2) continuous (i, j) voxel indices, and its slice."""
+    """The mark's points as (n, 2) continuous (i, j) voxel indices, and its slice; the
+    mark's centre must lie on the image."""
     slices, rows, cols = volume.shape
     points = np.asarray(mark.points, dtype=np.float64)
     if mark.space == "pixel":
@@ -87,10 +88,10 @@ def _on_volume(mark: Mark, volume: Volume) -> tuple[np.ndarray, int]:
                 "drawn in the plane of the series' slices are supported"
             )
         ij = index[:, :2]
-    if np.any(ij < -0.5) or np.any(ij > np.array([cols, rows]) - 0.5):
+    centre = ij.mean(axis=0)  # a circle at the edge may reach past it: its box is clipped
+    if np.any(centre < -0.5) or np.any(centre > np.array([cols, rows]) - 0.5):
         raise PromptError(
-            f"a {mark.described} reaches outside the image "
-            f"(columns 0-{cols - 1}, rows 0-{rows - 1})"
+            f"a {mark.described} lies outside the image (columns 0-{cols - 1}, rows 0-{rows - 1})"
         )
     return ij, k
 
@@ -132,5 +133,13 @@ def marks_to_prompts(marks: Sequence[Mark], volume: Volume) -> list[Prompt]:
     off the volume, or across slices.
     """
     prompts = [mark_to_prompt(mark, volume) for mark in marks]
-    log.info("%d mark(s) became %d prompt(s)", len(marks), len(prompts))
+    if prompts:
+        log.info("%d mark(s) placed as prompts: %s", len(prompts), _counts(marks))
     return prompts
+
+
+def _counts(marks: Sequence[Mark]) -> str:
+    kinds: dict[str, int] = {}
+    for mark in marks:
+        kinds[mark.kind] = kinds.get(mark.kind, 0) + 1
+    return ", ".join(f"{n} {kind}" for kind, n in kinds.items())

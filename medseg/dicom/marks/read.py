@@ -54,5 +54,6 @@ def read_marks(path: str | os.PathLike) -> list[Mark]:
     if not marks:
         reason = explain_no_marks(ds) if sop_class in SR_SOP_CLASSES else "it holds no graphic"
         raise DicomInputError(f"{path}: no mark to take prompts from: {reason} ({what})")
-    log.info("%s: %d mark(s) from a %s", path.name, len(marks), what)
+    log.info("%d mark(s) from a %s", len(marks), what)
+    log.debug("marks read from %s", path)
     return marks

@@ -8,7 +8,7 @@ import pytest
 from medseg.dicom import Volume, load_series
 from medseg.dicom.marks import Mark, marks_to_prompts
 from medseg.errors import DicomInputError, PromptError
-from medseg.prompts import PointPrompt
+from medseg.prompts import BoxPrompt, PointPrompt
 from tests.dicom.series_factory import write_series
 
 SHAPE = (4, 32, 40)
@@ -81,7 +81,12 @@ def test_mark_outside_the_image_is_refused(volume: Volume) -> None:
     inside = Mark("point", ((40.0, 32.0),), "GSPS POINT", sop_instance_uid=uid)  # the far corner
     assert marks_to_prompts([inside], volume) == [PointPrompt(39.5, 31.5, 0)]
     outside = Mark("point", ((40.5, 3.0),), "GSPS POINT", sop_instance_uid=uid)
-    _refused(outside, volume, "reaches outside the image (columns 0-39, rows 0-31)")
+    _refused(outside, volume, "lies outside the image (columns 0-39, rows 0-31)")
+    # a circle centred on the image that reaches past its edge: the box is clipped
+    edge = Mark(
+        "ellipse", ((-4, 10), (6, 10), (1, 5), (1, 15)), "GSPS CIRCLE", sop_instance_uid=uid
+    )
+    assert marks_to_prompts([edge], volume) == [BoxPrompt(0, 4.5, 5.5, 14.5, 0, 0)]
 
 
 def test_mark_values_are_checked_on_construction() -> None:
