@@ -1,9 +1,11 @@
 """The DICOM listener: a pynetdicom AE answering C-ECHO and C-STORE.
 
-Access control happens when the association is requested (calling AE title on the allow
-list, optionally from given source addresses). Each received instance is written to the
-spool exactly as it was encoded, durably, before the success status is sent; every failure
-on the way becomes one DIMSE status here:
+Connections pass the guard first (``guard.py``: TLS handshake and association request
+in time and of bounded size, PDU lengths, per-address limit). Access control happens when
+the association is requested (calling AE title on the allow list, optionally from given
+source addresses). Each received instance is written to the spool exactly as it was
+encoded, durably, before the success status is sent; every failure on the way becomes one
+DIMSE status here:
 
 - 0xC210 (cannot understand): the dataset does not decode, or its UIDs are not UIDs
 - 0xA900 (dataset does not match SOP class): the dataset's SOP UIDs differ from the request
@@ -14,9 +16,9 @@ on the way becomes one DIMSE status here:
 from __future__ import annotations
 
 import logging
-import socket
 import sqlite3
 import ssl
+import threading
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -37,11 +39,12 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from medseg.errors import ConfigError
 from medseg.server.completion import InstanceInfo, SeriesTracker
 from medseg.server.config import ServerConfig
+from medseg.server.guard import ConnectionLimits, GuardedServer
 from medseg.server.sopclasses import IMAGE_CLASSES, OTHER_CLASSES, is_image_class
 from medseg.server.spool import Spool, SpoolFullError
 from medseg.server.uids import UnsafeUidError, checked_uid
@@ -145,16 +148,6 @@ class AccessControl:
             assoc.kill()
 
 
-def _no_delay(event: Any) -> None:
-    """Small C-STORE responses must not wait for Nagle + delayed ACK (performance.md)."""
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
-            logger.debug("TCP_NODELAY not set: %s", exc)
-
-
 def build_ae(config: ServerConfig) -> AE:
     """The acceptor AE with the configured limits and the storage contexts."""
     listener = config.listener
@@ -170,28 +163,45 @@ def build_ae(config: ServerConfig) -> AE:
     return ae
 
 
+def connection_limits(config: ServerConfig) -> ConnectionLimits:
+    listener = config.listener
+    return ConnectionLimits(
+        max_pdu=listener.max_pdu,
+        acse_timeout=listener.acse_timeout,
+        network_timeout=listener.network_timeout,
+        max_connections_per_ip=listener.max_connections_per_ip,
+    )
+
+
 def start_listener(
     config: ServerConfig,
     spool: Spool,
     tracker: SeriesTracker,
     ssl_context: ssl.SSLContext | None = None,
-) -> ThreadedAssociationServer:
+) -> GuardedServer:
     """Start listening in background threads; stop it with ``server.shutdown()``."""
     ae = build_ae(config)
     handlers = [
-        (evt.EVT_CONN_OPEN, _no_delay),
         (evt.EVT_REQUESTED, AccessControl(config)),
         (evt.EVT_C_STORE, StoreHandler(spool, tracker)),
     ]
     address = (config.listener.host, config.listener.port)
     try:
-        server = ae.start_server(
-            address, block=False, ssl_context=ssl_context, evt_handlers=handlers
+        server = ae.make_server(
+            address,
+            ssl_context=ssl_context,
+            evt_handlers=handlers,
+            server_class=GuardedServer,
+            limits=connection_limits(config),
         )
     except OSError as exc:
         raise ConfigError(
             f"listener: cannot listen on {address[0]}:{address[1]}: {exc.strerror}"
         ) from exc
+    thread = threading.Thread(target=make_target(server.serve_forever), name="AcceptorServer")
+    thread.daemon = True
+    thread.start()
+    ae._servers.append(server)  # so that server.shutdown() finds it, as ae.start_server does
     logger.info(
         "listening as %s on %s:%s%s",
         config.listener.ae_title,

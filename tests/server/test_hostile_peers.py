@@ -1,0 +1,222 @@
+"""Hostile and broken peers over 127.0.0.1 (issue 23): the listener stays up for good ones.
+
+Raw sockets play the hostile peers (silent, dripping, lying PDU lengths); pynetdicom and
+dcmtk ``storescu`` play the good ones and the careless ones (odd UIDs, truncated files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, Association
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from medseg.server.completion import SeriesTracker
+from medseg.server.config import ServerConfig
+from medseg.server.listener import start_listener
+from medseg.server.spool import Spool
+from tests.server.peers import (
+    Processes,
+    port_open,
+    storescu,
+    wait_until,
+    write_ct,
+)
+
+
+@dataclasses.dataclass
+class Running:
+    config: ServerConfig
+    spool: Spool
+    tracker: SeriesTracker
+    port: int
+
+
+@pytest.fixture
+def listen(server_config: Callable) -> Iterator[Callable[..., Running]]:
+    servers = []
+
+    def start(**kw: object) -> Running:
+        _, config = server_config(**kw)
+        spool = Spool(config.spool_dir)
+        tracker = SeriesTracker(spool.database)
+        server = start_listener(config, spool, tracker)
+        servers.append(server)
+        return Running(config, spool, tracker, int(server.server_address[1]))
+
+    yield start
+    for server in servers:
+        server.shutdown()
+
+
+@pytest.fixture
+def sockets() -> Iterator[list[socket.socket]]:
+    """Raw client sockets, all closed at teardown."""
+    opened: list[socket.socket] = []
+    yield opened
+    for sock in opened:
+        sock.close()
+
+
+def connect(port: int, opened: list[socket.socket]) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    opened.append(sock)
+    return sock
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes ``sock`` within ``within`` s (what it sends is read away)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        try:
+            if not sock.recv(4096):
+                return True
+        except TimeoutError:
+            return False
+        except OSError:  # reset
+            return True
+    return False
+
+
+def scu(port: int, calling: str = "PACS", called: str = "MEDSEG") -> Association:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    return ae.associate("127.0.0.1", port, ae_title=called)
+
+
+def spooled(spool: Spool) -> list[Path]:
+    return sorted(spool.incoming.rglob("*.dcm"))
+
+
+# -- items 1 and 3: silent, dripping and crowding connections -----------------------------
+
+
+def test_silent_sockets_neither_block_nor_hold_association_slots(
+    listen: Callable, sockets: list[socket.socket]
+) -> None:
+    server = listen(listener={"acse_timeout": 3.0, "max_associations": 10})
+    silent = [connect(server.port, sockets) for _ in range(12)]
+    dripping = connect(server.port, sockets)
+    dripping.sendall(b"\x01")  # the start of an A-ASSOCIATE-RQ, then a byte now and then
+    started = time.monotonic()
+    assoc = scu(server.port)
+    took = time.monotonic() - started
+    assert assoc.is_established, "12 silent sockets must not take the association slots"
+    assert took < 5, f"a good peer waited {took:.1f} s"
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+    for _ in range(8):  # a byte every 0.5 s does not extend the 3 s deadline
+        with contextlib.suppress(OSError):
+            dripping.sendall(b"\x00")
+        time.sleep(0.5)
+    assert closed_by_server(dripping, within=2), "a dripping connection outlived acse_timeout"
+    assert all(closed_by_server(s, within=2) for s in silent)
+
+
+def test_connections_per_address_are_limited(
+    listen: Callable, sockets: list[socket.socket]
+) -> None:
+    server = listen(listener={"max_connections_per_ip": 3, "acse_timeout": 20.0})
+    held = [connect(server.port, sockets) for _ in range(3)]
+    extra = connect(server.port, sockets)
+    assert closed_by_server(extra, within=3), "a 4th connection from one address was kept"
+    assert not scu(server.port).is_established
+    assert not any(closed_by_server(s, within=0.2) for s in held)
+    for sock in held:
+        sock.close()
+    assoc = wait_until(
+        lambda: (a := scu(server.port)).is_established and a, 10, "a free connection slot"
+    )
+    assoc.release()
+
+
+# -- item 2: PDU lengths -------------------------------------------------------------------
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def stream_bogus_pdu(sock: socket.socket, header: bytes, pid: int, total: int) -> tuple[int, int]:
+    """Send ``header`` and up to ``total`` zero bytes; (bytes sent, highest server RSS KiB)."""
+    chunk = bytes(1 << 20)
+    sent, peak = 0, rss_kib(pid)
+    sock.settimeout(10)
+    try:
+        sock.sendall(header)
+        while sent < total:
+            sock.sendall(chunk)
+            sent += len(chunk)
+            if sent % (8 << 20) == 0:
+                peak = max(peak, rss_kib(pid))
+    except OSError:  # the server closed the connection: what we want
+        pass
+    return sent, max(peak, rss_kib(pid))
+
+
+@pytest.fixture
+def serve_process(
+    procs: Processes, server_config: Callable
+) -> Callable[..., tuple[int, ServerConfig]]:
+    def start(**kw: object) -> tuple[int, ServerConfig]:
+        path, config = server_config(**kw)
+        proc = procs.medseg("serve", "-c", str(path), "--workers", "0", name="serve")
+        wait_until(lambda: port_open(config.listener.port) or proc.poll() is not None, 60, "serve")
+        assert proc.poll() is None, "medseg serve did not start"
+        return proc.pid, config
+
+    return start
+
+
+def test_huge_pdu_before_association_is_refused_without_reading_it(
+    serve_process: Callable, sockets: list[socket.socket]
+) -> None:
+    pid, config = serve_process()
+    baseline = rss_kib(pid)
+    sock = connect(config.listener.port, sockets)
+    header = b"\x04\x00\xff\xff\xff\xff"  # a P-DATA-TF claiming 4 GiB, before any association
+    sent, peak = stream_bogus_pdu(sock, header, pid, total=300 << 20)
+    assert (peak - baseline) < 50 * 1024, f"server RSS grew by {(peak - baseline) // 1024} MiB"
+    assert sent < 300 << 20, "the server read the whole bogus PDU instead of closing"
+    assert scu(config.listener.port).send_c_echo().Status == 0  # still serving
+
+
+def test_pdu_longer_than_max_pdu_aborts_the_association(serve_process: Callable) -> None:
+    pid, config = serve_process()
+    baseline = rss_kib(pid)
+    assoc = scu(config.listener.port)
+    assert assoc.is_established
+    sock = assoc.dul.socket.socket  # the raw connection under the established association
+    header = b"\x04\x00\xff\xff\xff\xff"
+    sent, peak = stream_bogus_pdu(sock, header, pid, total=300 << 20)
+    assert (peak - baseline) < 50 * 1024, f"server RSS grew by {(peak - baseline) // 1024} MiB"
+    assert sent < 300 << 20, "the server read the whole bogus PDU instead of aborting"
+    wait_until(lambda: not assoc.is_established, 10, "the association to end")
+    assert scu(config.listener.port).send_c_echo().Status == 0
+
+
+def test_fragmented_large_images_within_max_pdu_are_stored(
+    listen: Callable, tmp_path: Path
+) -> None:
+    """The PDU check must not refuse what real senders send at the negotiated size."""
+    server = listen(listener={"max_pdu": 16384})
+    series = write_ct(tmp_path / "series", slices=2, size=256)  # 128 KiB per slice
+    result = storescu(server.port, list(series.paths))
+    assert result.returncode == 0, result.stderr
+    assoc = scu(server.port)
+    assert assoc.send_c_store(series.paths[0]).Status == 0
+    assoc.release()
+    assert len(spooled(server.spool)) == 2
