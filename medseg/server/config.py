@@ -59,6 +59,7 @@ class ListenerConfig:
     max_associations: int = 10
     max_connections_per_ip: int = 20
     allow_any_ae: bool = False
+    allow_any_called_ae: bool = False
 
     def __post_init__(self) -> None:
         _check_ae("ae_title", self.ae_title)

@@ -2,10 +2,10 @@
 
 Connections pass the guard first (``guard.py``: TLS handshake and association request
 in time and of bounded size, PDU lengths, per-address limit). Access control happens when
-the association is requested (calling AE title on the allow list, optionally from given
-source addresses). Each received instance is written to the spool exactly as it was
-encoded, durably, before the success status is sent; every failure on the way becomes one
-DIMSE status here:
+the association is requested (called AE title is ours, calling AE title on the allow list,
+optionally from given source addresses). Each received instance is written to the spool
+exactly as it was encoded, durably, before the success status is sent; every failure on the
+way becomes one DIMSE status here:
 
 - 0xC210 (cannot understand): the dataset does not decode, or its UIDs are not UIDs
 - 0xA900 (dataset does not match SOP class): the dataset's SOP UIDs differ from the request
@@ -127,10 +127,14 @@ class StoreHandler:
 
 
 class AccessControl:
-    """Rejects associations from calling AEs (or source addresses) not on the allow list."""
+    """Rejects associations called for another AE title, or from calling AEs (or source
+    addresses) not on the allow list."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+
+    def called_ok(self, called: str) -> bool:
+        return self.config.listener.allow_any_called_ae or called == self.config.listener.ae_title
 
     def allowed(self, ae_title: str, address: str) -> bool:
         if self.config.listener.allow_any_ae:
@@ -141,8 +145,19 @@ class AccessControl:
     def __call__(self, event: Any) -> None:
         assoc = event.assoc
         ae_title = assoc.requestor.primitive.calling_ae_title.strip()
+        called = assoc.requestor.primitive.called_ae_title.strip()
         address = str(assoc.requestor.address)
-        if not self.allowed(ae_title, address):
+        if not self.called_ok(called):
+            logger.warning(
+                "rejected association from %s at %s: called AE %r is not %r",
+                ae_title,
+                address,
+                called,
+                self.config.listener.ae_title,
+            )
+            assoc.acse.send_reject(0x01, 0x01, 0x07)  # permanent, service user, called AE
+            assoc.kill()
+        elif not self.allowed(ae_title, address):
             logger.warning("rejected association from %s at %s: not allowed", ae_title, address)
             assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE
             assoc.kill()

@@ -220,3 +220,28 @@ def test_fragmented_large_images_within_max_pdu_are_stored(
     assert assoc.send_c_store(series.paths[0]).Status == 0
     assoc.release()
     assert len(spooled(server.spool)) == 2
+
+
+# -- item 4: called AE title ---------------------------------------------------------------
+
+
+def test_wrong_called_ae_is_rejected_with_the_standard_reason(
+    listen: Callable, tmp_path: Path
+) -> None:
+    server = listen()
+    series = write_ct(tmp_path / "series", slices=2)
+    result = storescu(server.port, list(series.paths), called="TOTALLYWRONG")
+    assert result.returncode != 0
+    assert "called ae title not recognized" in result.stderr.lower(), result.stderr
+    assoc = scu(server.port, called="TOTALLYWRONG")
+    assert assoc.is_rejected
+    assert assoc.acceptor.primitive.diagnostic == 0x07  # called AE title not recognised
+    assert spooled(server.spool) == []
+
+
+def test_any_called_ae_is_accepted_when_configured(listen: Callable, tmp_path: Path) -> None:
+    server = listen(listener={"allow_any_called_ae": True})
+    series = write_ct(tmp_path / "series", slices=2)
+    result = storescu(server.port, list(series.paths), called="ANY-SCP")
+    assert result.returncode == 0, result.stderr
+    assert len(spooled(server.spool)) == 2
