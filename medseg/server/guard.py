@@ -30,6 +30,8 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from medseg.server.commands import CheckedDimse
+
 logger = logging.getLogger(__name__)
 
 MAX_ASSOCIATE_RQ = 1 << 20  # bytes; 128 presentation contexts of 40 transfer syntaxes fit
@@ -222,6 +224,7 @@ class GuardedHandler(RequestHandler):
         assoc = Association(self.ae, MODE_ACCEPTOR)
         assoc._server = server
         assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"  # counted by pynetdicom
+        assoc.dimse = CheckedDimse(assoc)
         assoc.set_socket(GuardedSocket(assoc, admitted.sock, admitted.request, server.limits))
         acceptor = assoc.acceptor
         acceptor.maximum_length = self.ae.maximum_pdu_size

@@ -8,6 +8,7 @@ exactly as it was encoded, durably, before the success status is sent; every fai
 way becomes one DIMSE status here:
 
 - 0xC210 (cannot understand): the dataset does not decode, or its UIDs are not UIDs
+  (the request's own UIDs: ``commands.py``)
 - 0xA900 (dataset does not match SOP class): the dataset's SOP UIDs differ from the request
 - 0xA700 (out of resources): the spool cannot take it (disk full, reserve reached, I/O)
 - 0xC211 (pynetdicom's answer when a handler raises): a bug, logged with its traceback

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from medseg.server.completion import SeriesTracker
@@ -245,3 +250,49 @@ def test_any_called_ae_is_accepted_when_configured(listen: Callable, tmp_path: P
     result = storescu(server.port, list(series.paths), called="ANY-SCP")
     assert result.returncode == 0, result.stderr
     assert len(spooled(server.spool)) == 2
+
+
+# -- item 5: odd UIDs in the command set ---------------------------------------------------
+
+
+def send_with_command_uid(assoc: Association, ds: pydicom.Dataset, command_uid: str) -> int:
+    """C-STORE ``ds`` with ``command_uid`` as the request's Affected SOP Instance UID."""
+    context = next(c for c in assoc.accepted_contexts if c.abstract_syntax == ds.SOPClassUID)
+    req = C_STORE()
+    req.MessageID = 7
+    req.AffectedSOPClassUID = ds.SOPClassUID
+    req.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    req.Priority = 2
+    req.DataSet = io.BytesIO(encode(ds, False, True))
+    message = C_STORE_RQ()
+    message.primitive_to_message(req)
+    command = message.command_set
+    command.AffectedSOPInstanceUID = command_uid  # what pynetdicom itself would never send
+    command.CommandGroupLength = len(encode(command, True, True)) - 12
+    assoc._reactor_checkpoint.clear()
+    try:
+        wait_until(lambda: assoc._is_paused, 5, "the reactor to pause")
+        for pdata in message.encode_msg(context.context_id, assoc.acceptor.maximum_length):
+            assoc.dul.send_pdu(pdata)
+        _, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    assert rsp is not None, "no answer to the C-STORE"
+    return int(rsp.Status)
+
+
+@pytest.mark.filterwarnings("ignore:The value length")
+def test_odd_command_uids_fail_that_instance_only(listen: Callable, tmp_path: Path) -> None:
+    server = listen()
+    series = write_ct(tmp_path / "series", slices=4)
+    datasets = [pydicom.dcmread(p) for p in series.paths]
+    assoc = scu(server.port)
+    statuses = [assoc.send_c_store(datasets[0]).Status]
+    statuses.append(send_with_command_uid(assoc, datasets[1], "1." + "2" * 70))
+    statuses.append(send_with_command_uid(assoc, datasets[2], ""))
+    statuses.append(assoc.send_c_store(datasets[3]).Status)
+    assert assoc.is_established, "an odd UID must not end the association"
+    assoc.release()
+    assert statuses == [0, 0xC210, 0xC210, 0], [f"{s:#06x}" for s in statuses]
+    stored = {p.stem for p in spooled(server.spool)}
+    assert stored == {datasets[0].SOPInstanceUID, datasets[3].SOPInstanceUID}
