@@ -7,8 +7,8 @@ optionally from given source addresses). Each received instance is written to th
 exactly as it was encoded, durably, before the success status is sent; every failure on the
 way becomes one DIMSE status here:
 
-- 0xC210 (cannot understand): the dataset does not decode, or its UIDs are not UIDs
-  (the request's own UIDs: ``commands.py``)
+- 0xC210 (cannot understand): the dataset does not decode, its pixel data is incomplete,
+  or its UIDs are not UIDs (the request's own UIDs: ``commands.py``)
 - 0xA900 (dataset does not match SOP class): the dataset's SOP UIDs differ from the request
 - 0xA700 (out of resources): the spool cannot take it (disk full, reserve reached, I/O)
 - 0xC211 (pynetdicom's answer when a handler raises): a bug, logged with its traceback
@@ -46,6 +46,7 @@ from medseg.errors import ConfigError
 from medseg.server.completion import InstanceInfo, SeriesTracker
 from medseg.server.config import ServerConfig
 from medseg.server.guard import ConnectionLimits, GuardedServer
+from medseg.server.pixels import IncompletePixelDataError, check_pixel_data
 from medseg.server.sopclasses import IMAGE_CLASSES, OTHER_CLASSES, is_image_class
 from medseg.server.spool import Spool, SpoolFullError
 from medseg.server.uids import UnsafeUidError, checked_uid
@@ -106,7 +107,8 @@ class StoreHandler:
                 peer_host=str(event.assoc.requestor.address),
                 is_image=is_image_class(event.request.AffectedSOPClassUID),
             )
-        except UnsafeUidError as exc:
+            check_pixel_data(dataset, event.context.transfer_syntax, is_image=info.is_image)
+        except (UnsafeUidError, IncompletePixelDataError) as exc:
             logger.warning("refused an instance from %s: %s", calling, exc)
             return _status(CANNOT_UNDERSTAND, str(exc))
         except Exception as exc:  # the network boundary: any decode failure is a status

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pydicom
+import pynetdicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, Association
@@ -296,3 +297,72 @@ def test_odd_command_uids_fail_that_instance_only(listen: Callable, tmp_path: Pa
     assert statuses == [0, 0xC210, 0xC210, 0], [f"{s:#06x}" for s in statuses]
     stored = {p.stem for p in spooled(server.spool)}
     assert stored == {datasets[0].SOPInstanceUID, datasets[3].SOPInstanceUID}
+
+
+# -- item 6: truncated datasets ------------------------------------------------------------
+
+
+def test_truncated_pixel_data_is_refused_and_never_tracked(
+    listen: Callable, tmp_path: Path
+) -> None:
+    server = listen()
+    series = write_ct(tmp_path / "series", slices=3)
+    short = pydicom.dcmread(series.paths[1])
+    short.PixelData = short.PixelData[:-200]  # Rows x Columns x 16 bits needs 200 more
+    assoc = scu(server.port)
+    statuses = [assoc.send_c_store(series.paths[0]).Status, assoc.send_c_store(short).Status]
+    statuses.append(assoc.send_c_store(series.paths[2]).Status)
+    assoc.release()
+    assert statuses == [0, 0xC210, 0], [f"{s:#06x}" for s in statuses]
+    assert short.SOPInstanceUID not in {p.stem for p in spooled(server.spool)}
+    assert server.tracker.get(series.series_uid).received == 2
+
+    alone = write_ct(tmp_path / "alone", slices=1)  # a series made only of a truncated file
+    only = pydicom.dcmread(alone.paths[0])
+    only.PixelData = only.PixelData[:100]
+    assoc = scu(server.port)
+    assert assoc.send_c_store(only).Status == 0xC210
+    assoc.release()
+    assert server.tracker.get(alone.series_uid) is None, "no series, so never a job"
+
+
+@pytest.mark.parametrize("cut", [200, 3000])
+def test_file_cut_short_is_refused(
+    listen: Callable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: int
+) -> None:
+    # Send the file's bytes as they are (pynetdicom would otherwise parse and re-encode).
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+    server = listen()
+    series = write_ct(tmp_path / "series", slices=2)
+    cut_file = tmp_path / "cut.dcm"
+    cut_file.write_bytes(series.paths[0].read_bytes()[:-cut])
+    assoc = scu(server.port)
+    statuses = [assoc.send_c_store(cut_file).Status, assoc.send_c_store(series.paths[1]).Status]
+    assoc.release()
+    assert statuses == [0xC210, 0], [f"{s:#06x}" for s in statuses]
+    assert [p.stem for p in spooled(server.spool)] == [
+        pydicom.dcmread(series.paths[1]).SOPInstanceUID
+    ]
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached before delimiter")
+def test_encapsulated_pixel_data_short_of_its_frames_is_refused(
+    listen: Callable, shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = listen()
+    source = shared_dir / "data" / "transfer_syntaxes" / "7.dcm"  # JPEG-LS, one frame
+    ds = pydicom.dcmread(source)
+    two_frames = pydicom.dcmread(source)
+    two_frames.NumberOfFrames = 2  # whole items, but the second frame's fragment is missing
+    two_frames.SOPInstanceUID = ds.SOPInstanceUID + ".2"
+    cut_file = tmp_path / "cut.dcm"  # the file itself cut in its last fragment
+    cut_file.write_bytes(source.read_bytes()[:-5000])
+    ae = AE(ae_title="PACS")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="MEDSEG")
+    statuses = [assoc.send_c_store(two_frames).Status]
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+    statuses += [assoc.send_c_store(cut_file).Status, assoc.send_c_store(source).Status]
+    assoc.release()
+    assert statuses == [0xC210, 0xC210, 0], [f"{s:#06x}" for s in statuses]
+    assert [p.stem for p in spooled(server.spool)] == [ds.SOPInstanceUID]
