@@ -9,6 +9,7 @@ way becomes one DIMSE status here:
 
 - 0xC210 (cannot understand): the dataset does not decode, its pixel data is incomplete,
   or its UIDs are not UIDs (the request's own UIDs: ``commands.py``)
+- 0xC212 (cannot understand): its SeriesInstanceUID already belongs to another study
 - 0xA900 (dataset does not match SOP class): the dataset's SOP UIDs differ from the request
 - 0xA700 (out of resources): the spool cannot take it (disk full, reserve reached, I/O)
 - 0xC211 (pynetdicom's answer when a handler raises): a bug, logged with its traceback
@@ -43,7 +44,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.utils import make_target
 
 from medseg.errors import ConfigError
-from medseg.server.completion import InstanceInfo, SeriesTracker
+from medseg.server.completion import InstanceInfo, SeriesStudyConflictError, SeriesTracker
 from medseg.server.config import ServerConfig
 from medseg.server.guard import ConnectionLimits, GuardedServer
 from medseg.server.pixels import IncompletePixelDataError, check_pixel_data
@@ -70,6 +71,7 @@ TRANSFER_SYNTAXES = [
 ]
 
 CANNOT_UNDERSTAND = 0xC210
+SERIES_IN_OTHER_STUDY = 0xC212
 NOT_MATCHING = 0xA900
 OUT_OF_RESOURCES = 0xA700
 SUCCESS = 0x0000
@@ -116,9 +118,18 @@ class StoreHandler:
             return _status(CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
         if sop != event.request.AffectedSOPInstanceUID:
             return _status(NOT_MATCHING, "SOPInstanceUID differs from the C-STORE request")
+        path = None
         try:
-            self.spool.store(event.encoded_dataset(include_meta=True), study, series, sop)
+            known = self.tracker.get(series)
+            if known is not None and known.study_uid != study:
+                raise SeriesStudyConflictError(series, known.study_uid, study)
+            path = self.spool.store(event.encoded_dataset(include_meta=True), study, series, sop)
             self.tracker.seen(info)
+        except SeriesStudyConflictError as exc:
+            if path is not None:  # another association won the race: keep its study only
+                self.spool.remove_instance(path)
+            logger.warning("refused instance %s from %s: %s", sop, calling, exc)
+            return _status(SERIES_IN_OTHER_STUDY, "series UID already used by another study")
         except SpoolFullError as exc:
             logger.error("spool full, refusing instance %s: %s", sop, exc)
             return _status(OUT_OF_RESOURCES, str(exc))

@@ -366,3 +366,25 @@ def test_encapsulated_pixel_data_short_of_its_frames_is_refused(
     assoc.release()
     assert statuses == [0xC210, 0xC210, 0], [f"{s:#06x}" for s in statuses]
     assert [p.stem for p in spooled(server.spool)] == [ds.SOPInstanceUID]
+
+
+# -- item 7: one series UID under two studies ----------------------------------------------
+
+
+def test_series_uid_under_a_second_study_is_refused(listen: Callable, tmp_path: Path) -> None:
+    server = listen()
+    first = write_ct(tmp_path / "first", slices=5, series_uid="1.2.826.0.1.3680043.8.498.777")
+    second = write_ct(
+        tmp_path / "second", slices=5, series_uid="1.2.826.0.1.3680043.8.498.777", seed=1
+    )
+    assert first.study_uid != second.study_uid
+    assert storescu(server.port, list(first.paths)).returncode == 0
+    assert storescu(server.port, list(second.paths)).returncode != 0  # dcmtk: a failed store
+    assoc = scu(server.port)
+    statuses = {assoc.send_c_store(p).Status for p in second.paths}
+    assoc.release()
+    assert statuses == {0xC212}
+    assert len(server.spool.series_files(first.study_uid, first.series_uid)) == 5
+    assert server.spool.series_files(second.study_uid, second.series_uid) == []
+    tracked = server.tracker.get(first.series_uid)
+    assert (tracked.study_uid, tracked.received) == (first.study_uid, 5)
