@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import io
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,8 @@ from medseg.server.config import ServerConfig
 from medseg.server.listener import start_listener
 from medseg.server.spool import Spool
 from tests.server.peers import (
+    DCMTK_ENV,
+    STORESCU,
     Processes,
     port_open,
     storescu,
@@ -214,6 +217,15 @@ def test_pdu_longer_than_max_pdu_aborts_the_association(serve_process: Callable)
     assert scu(config.listener.port).send_c_echo().Status == 0
 
 
+def test_pdu_stalled_midway_closes_the_connection(listen: Callable) -> None:
+    server = listen(listener={"network_timeout": 2.0})
+    assoc = scu(server.port)
+    assert assoc.is_established
+    sock = assoc.dul.socket.socket
+    sock.sendall(b"\x04\x00\x00\x00\x10\x00" + bytes(100))  # 4096 announced, 100 sent
+    wait_until(lambda: not assoc.is_established, 8, "the server to close a stalled PDU")
+
+
 def test_fragmented_large_images_within_max_pdu_are_stored(
     listen: Callable, tmp_path: Path
 ) -> None:
@@ -297,6 +309,41 @@ def test_odd_command_uids_fail_that_instance_only(listen: Callable, tmp_path: Pa
     assert statuses == [0, 0xC210, 0xC210, 0], [f"{s:#06x}" for s in statuses]
     stored = {p.stem for p in spooled(server.spool)}
     assert stored == {datasets[0].SOPInstanceUID, datasets[3].SOPInstanceUID}
+
+
+@pytest.mark.filterwarnings("ignore:The value length")
+def test_dcmtk_storescu_with_a_long_sop_instance_uid_loses_only_that_instance(
+    listen: Callable, tmp_path: Path
+) -> None:
+    """A regression check with a real sender (dcmtk shortens the request's UID itself, so
+    only the dataset's is long; the raw-command test above is the one pynetdicom aborted)."""
+    server = listen()
+    series = write_ct(tmp_path / "series", slices=3)
+    long_file = tmp_path / "long.dcm"  # dcmtk sends a 74-character UID as it is
+    ds = pydicom.dcmread(series.paths[1])
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2." + "3" * 70
+    ds.save_as(long_file)
+    files = [series.paths[0], long_file, series.paths[2]]
+    args = [
+        STORESCU,
+        "-v",
+        "--no-halt",
+        "-aet",
+        "PACS",
+        "-aec",
+        "MEDSEG",
+        "127.0.0.1",
+        str(server.port),
+    ]
+    result = subprocess.run(
+        [*args, *map(str, files)], env=DCMTK_ENV, capture_output=True, text=True, timeout=60
+    )
+    answers = [line for line in result.stderr.splitlines() if "Received Store Response" in line]
+    assert len(answers) == 3, result.stderr
+    assert "Success" in answers[0] and "Success" in answers[2], answers
+    assert "CannotUnderstand" in answers[1], answers  # dcmtk names 0xCxxx failures so
+    assert "Aborting Association" not in result.stderr
+    assert len(spooled(server.spool)) == 2
 
 
 # -- item 6: truncated datasets ------------------------------------------------------------
