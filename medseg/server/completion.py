@@ -22,6 +22,7 @@ from typing import Any
 
 import pydicom
 
+from medseg.errors import DicomInputError
 from medseg.server.sopclasses import is_image_class
 from medseg.server.sqlite import PerThread, transaction
 
@@ -47,6 +48,19 @@ CREATE INDEX IF NOT EXISTS series_state ON series(state, last_seen);
 
 # Series states: still arriving; complete and handed to a job; complete, no rule matched.
 RECEIVING, SUBMITTED, UNMATCHED = "receiving", "submitted", "unmatched"
+
+
+class SeriesStudyConflictError(DicomInputError):
+    """A SeriesInstanceUID arrived under a second StudyInstanceUID.
+
+    The series table is keyed by series UID (jobs, completion and retention name a series
+    by it), so the second study's instances are refused rather than mixed in or lost.
+    """
+
+    def __init__(self, series_uid: str, known_study: str, new_study: str) -> None:
+        super().__init__(
+            f"series {series_uid} already belongs to study {known_study}, not {new_study}"
+        )
 
 
 @dataclass(frozen=True)
@@ -106,9 +120,18 @@ class SeriesTracker:
                 conn.execute("UPDATE series SET is_image = 1 WHERE upper(modality) IN ('CT', 'MR')")
 
     def seen(self, info: InstanceInfo, now: float | None = None) -> None:
-        """Record an arrival: (re)start the series' idle timer, reopen it if completed."""
+        """Record an arrival: (re)start the series' idle timer, reopen it if completed.
+
+        Raises ``SeriesStudyConflictError`` (and records nothing) when the series is known
+        under another study.
+        """
         now = time.time() if now is None else now
         with transaction(self._conn()) as conn:
+            row = conn.execute(
+                "SELECT study_uid FROM series WHERE series_uid = ?", (info.series_uid,)
+            ).fetchone()
+            if row is not None and row[0] != info.study_uid:
+                raise SeriesStudyConflictError(info.series_uid, row[0], info.study_uid)
             conn.execute(
                 "INSERT INTO series (series_uid, study_uid, modality, body_part, description,"
                 " calling_ae, peer_host, received, first_seen, last_seen, is_image)"

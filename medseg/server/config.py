@@ -57,7 +57,9 @@ class ListenerConfig:
     acse_timeout: float = 30.0
     dimse_timeout: float = 30.0
     max_associations: int = 10
+    max_connections_per_ip: int = 20
     allow_any_ae: bool = False
+    allow_any_called_ae: bool = False
 
     def __post_init__(self) -> None:
         _check_ae("ae_title", self.ae_title)
@@ -66,6 +68,11 @@ class ListenerConfig:
         for name in ("network_timeout", "acse_timeout", "dimse_timeout"):
             _require(getattr(self, name) > 0, name, "must be positive")
         _require(self.max_associations >= 1, "max_associations", "must be >= 1")
+        _require(
+            self.max_connections_per_ip >= 0,
+            "max_connections_per_ip",
+            f"must be 0 (no limit) or positive, got {self.max_connections_per_ip}",
+        )
 
 
 @dataclass(frozen=True)

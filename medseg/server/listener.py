@@ -1,11 +1,15 @@
 """The DICOM listener: a pynetdicom AE answering C-ECHO and C-STORE.
 
-Access control happens when the association is requested (calling AE title on the allow
-list, optionally from given source addresses). Each received instance is written to the
-spool exactly as it was encoded, durably, before the success status is sent; every failure
-on the way becomes one DIMSE status here:
+Connections pass the guard first (``guard.py``: TLS handshake and association request
+in time and of bounded size, PDU lengths, per-address limit). Access control happens when
+the association is requested (called AE title is ours, calling AE title on the allow list,
+optionally from given source addresses). Each received instance is written to the spool
+exactly as it was encoded, durably, before the success status is sent; every failure on the
+way becomes one DIMSE status here:
 
-- 0xC210 (cannot understand): the dataset does not decode, or its UIDs are not UIDs
+- 0xC210 (cannot understand): the dataset does not decode, its pixel data is incomplete,
+  or its UIDs are not UIDs (the request's own UIDs: ``commands.py``)
+- 0xC212 (cannot understand): its SeriesInstanceUID already belongs to another study
 - 0xA900 (dataset does not match SOP class): the dataset's SOP UIDs differ from the request
 - 0xA700 (out of resources): the spool cannot take it (disk full, reserve reached, I/O)
 - 0xC211 (pynetdicom's answer when a handler raises): a bug, logged with its traceback
@@ -14,9 +18,9 @@ on the way becomes one DIMSE status here:
 from __future__ import annotations
 
 import logging
-import socket
 import sqlite3
 import ssl
+import threading
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -37,11 +41,13 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 from medseg.errors import ConfigError
-from medseg.server.completion import InstanceInfo, SeriesTracker
+from medseg.server.completion import InstanceInfo, SeriesStudyConflictError, SeriesTracker
 from medseg.server.config import ServerConfig
+from medseg.server.guard import ConnectionLimits, GuardedServer
+from medseg.server.pixels import IncompletePixelDataError, check_pixel_data
 from medseg.server.sopclasses import IMAGE_CLASSES, OTHER_CLASSES, is_image_class
 from medseg.server.spool import Spool, SpoolFullError
 from medseg.server.uids import UnsafeUidError, checked_uid
@@ -65,6 +71,7 @@ TRANSFER_SYNTAXES = [
 ]
 
 CANNOT_UNDERSTAND = 0xC210
+SERIES_IN_OTHER_STUDY = 0xC212
 NOT_MATCHING = 0xA900
 OUT_OF_RESOURCES = 0xA700
 SUCCESS = 0x0000
@@ -102,7 +109,8 @@ class StoreHandler:
                 peer_host=str(event.assoc.requestor.address),
                 is_image=is_image_class(event.request.AffectedSOPClassUID),
             )
-        except UnsafeUidError as exc:
+            check_pixel_data(dataset, event.context.transfer_syntax, is_image=info.is_image)
+        except (UnsafeUidError, IncompletePixelDataError) as exc:
             logger.warning("refused an instance from %s: %s", calling, exc)
             return _status(CANNOT_UNDERSTAND, str(exc))
         except Exception as exc:  # the network boundary: any decode failure is a status
@@ -110,9 +118,18 @@ class StoreHandler:
             return _status(CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
         if sop != event.request.AffectedSOPInstanceUID:
             return _status(NOT_MATCHING, "SOPInstanceUID differs from the C-STORE request")
+        path = None
         try:
-            self.spool.store(event.encoded_dataset(include_meta=True), study, series, sop)
+            known = self.tracker.get(series)
+            if known is not None and known.study_uid != study:
+                raise SeriesStudyConflictError(series, known.study_uid, study)
+            path = self.spool.store(event.encoded_dataset(include_meta=True), study, series, sop)
             self.tracker.seen(info)
+        except SeriesStudyConflictError as exc:
+            if path is not None:  # another association won the race: keep its study only
+                self.spool.remove_instance(path)
+            logger.warning("refused instance %s from %s: %s", sop, calling, exc)
+            return _status(SERIES_IN_OTHER_STUDY, "series UID already used by another study")
         except SpoolFullError as exc:
             logger.error("spool full, refusing instance %s: %s", sop, exc)
             return _status(OUT_OF_RESOURCES, str(exc))
@@ -124,10 +141,14 @@ class StoreHandler:
 
 
 class AccessControl:
-    """Rejects associations from calling AEs (or source addresses) not on the allow list."""
+    """Rejects associations called for another AE title, or from calling AEs (or source
+    addresses) not on the allow list."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+
+    def called_ok(self, called: str) -> bool:
+        return self.config.listener.allow_any_called_ae or called == self.config.listener.ae_title
 
     def allowed(self, ae_title: str, address: str) -> bool:
         if self.config.listener.allow_any_ae:
@@ -138,21 +159,22 @@ class AccessControl:
     def __call__(self, event: Any) -> None:
         assoc = event.assoc
         ae_title = assoc.requestor.primitive.calling_ae_title.strip()
+        called = assoc.requestor.primitive.called_ae_title.strip()
         address = str(assoc.requestor.address)
-        if not self.allowed(ae_title, address):
+        if not self.called_ok(called):
+            logger.warning(
+                "rejected association from %s at %s: called AE %r is not %r",
+                ae_title,
+                address,
+                called,
+                self.config.listener.ae_title,
+            )
+            assoc.acse.send_reject(0x01, 0x01, 0x07)  # permanent, service user, called AE
+            assoc.kill()
+        elif not self.allowed(ae_title, address):
             logger.warning("rejected association from %s at %s: not allowed", ae_title, address)
             assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE
             assoc.kill()
-
-
-def _no_delay(event: Any) -> None:
-    """Small C-STORE responses must not wait for Nagle + delayed ACK (performance.md)."""
-    sock = getattr(event.assoc.dul.socket, "socket", None)
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
-            logger.debug("TCP_NODELAY not set: %s", exc)
 
 
 def build_ae(config: ServerConfig) -> AE:
@@ -170,28 +192,45 @@ def build_ae(config: ServerConfig) -> AE:
     return ae
 
 
+def connection_limits(config: ServerConfig) -> ConnectionLimits:
+    listener = config.listener
+    return ConnectionLimits(
+        max_pdu=listener.max_pdu,
+        acse_timeout=listener.acse_timeout,
+        network_timeout=listener.network_timeout,
+        max_connections_per_ip=listener.max_connections_per_ip,
+    )
+
+
 def start_listener(
     config: ServerConfig,
     spool: Spool,
     tracker: SeriesTracker,
     ssl_context: ssl.SSLContext | None = None,
-) -> ThreadedAssociationServer:
+) -> GuardedServer:
     """Start listening in background threads; stop it with ``server.shutdown()``."""
     ae = build_ae(config)
     handlers = [
-        (evt.EVT_CONN_OPEN, _no_delay),
         (evt.EVT_REQUESTED, AccessControl(config)),
         (evt.EVT_C_STORE, StoreHandler(spool, tracker)),
     ]
     address = (config.listener.host, config.listener.port)
     try:
-        server = ae.start_server(
-            address, block=False, ssl_context=ssl_context, evt_handlers=handlers
+        server = ae.make_server(
+            address,
+            ssl_context=ssl_context,
+            evt_handlers=handlers,
+            server_class=GuardedServer,
+            limits=connection_limits(config),
         )
     except OSError as exc:
         raise ConfigError(
             f"listener: cannot listen on {address[0]}:{address[1]}: {exc.strerror}"
         ) from exc
+    thread = threading.Thread(target=make_target(server.serve_forever), name="AcceptorServer")
+    thread.daemon = True
+    thread.start()
+    ae._servers.append(server)  # so that server.shutdown() finds it, as ae.start_server does
     logger.info(
         "listening as %s on %s:%s%s",
         config.listener.ae_title,

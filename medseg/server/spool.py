@@ -89,6 +89,13 @@ class Spool:
             raise SpoolFullError(f"cannot write to spool {self.root}: {exc.strerror}") from exc
         return folder / name
 
+    def remove_instance(self, path: Path) -> None:
+        """Take back one stored instance (refused after it was written)."""
+        path.unlink(missing_ok=True)
+        for folder in (path.parent, path.parent.parent):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+
     def series_files(self, study_uid: str, series_uid: str) -> list[Path]:
         folder = self.series_dir(study_uid, series_uid)
         return sorted(folder.glob("*.dcm")) if folder.is_dir() else []

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseg.server.completion import InstanceInfo, SeriesInfo, SeriesTracker
+import pytest
+
+from medseg.server.completion import (
+    InstanceInfo,
+    SeriesInfo,
+    SeriesStudyConflictError,
+    SeriesTracker,
+)
 from medseg.server.config import RuleConfig
 from medseg.server.routing import route
 
@@ -21,6 +28,17 @@ def test_series_is_due_only_after_idle_time(tmp_path: Path) -> None:
     assert tracker.due(10, now=114.0) == []
     (series,) = tracker.due(10, now=115.0)
     assert series.received == 2 and series.epoch == 0
+
+
+def test_series_seen_under_a_second_study_is_refused_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    tracker = SeriesTracker(tmp_path / "s.db")
+    tracker.seen(info(), now=100.0)
+    with pytest.raises(SeriesStudyConflictError, match=r"already belongs to study 1\.2, not 9\.9"):
+        tracker.seen(info(study_uid="9.9", sop_uid="9.9.1"), now=105.0)
+    series = tracker.get("1.2.3")
+    assert (series.study_uid, series.received, series.last_seen) == ("1.2", 1, 100.0)
 
 
 def test_idle_timer_survives_a_restart(tmp_path: Path) -> None:

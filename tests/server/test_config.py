@@ -35,6 +35,8 @@ GOOD = {"peers": [{"ae_title": "PACS"}], "rules": [{"name": "r"}]}
         ({"listener": {"port": "104"}}, "listener.port"),
         ({"listener": {"prot": 104}}, "listener.prot"),
         ({"listener": {"ae_title": "A_TITLE_THAT_IS_TOO_LONG"}}, "listener.ae_title"),
+        ({"listener": {"max_connections_per_ip": -1}}, "listener.max_connections_per_ip"),
+        ({"listener": {"allow_any_called_ae": "yes"}}, "listener.allow_any_called_ae"),
         ({"queue": {"backend": "rabbit"}}, "queue.backend"),
         ({"queue": {"lease_seconds": 0}}, "queue.lease_seconds"),
         ({"storage": {"min_free_mb": -1}}, "storage.min_free_mb"),

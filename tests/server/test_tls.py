@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
+import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -82,13 +85,19 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def tls_listener(pki: Path, server_config: Callable, tmp_path: Path) -> Iterator[tuple[int, Spool]]:
+    yield from _tls_listener(pki, server_config)
+
+
+def _tls_listener(
+    pki: Path, server_config: Callable, **listener: object
+) -> Iterator[tuple[int, Spool]]:
     tls = {
         "enabled": True,
         "certificate": str(pki / "server.pem"),
         "private_key": str(pki / "server.key"),
         "ca_certificates": str(pki / "ca.pem"),
     }
-    _, config = server_config(tls=tls)
+    _, config = server_config(tls=tls, listener=listener)
     spool = Spool(config.spool_dir)
     server = start_listener(
         config, spool, SeriesTracker(spool.database), ssl_context=server_context(config.tls)
@@ -133,6 +142,26 @@ def test_client_without_certificate_or_tls_is_refused(
     port, _ = tls_listener
     assert not _echo(port, _client(pki, with_cert=False))
     assert not _echo(port, None)
+
+
+def test_idle_connections_do_not_block_the_tls_listener(pki: Path, server_config: Callable) -> None:
+    """A connection that never starts its TLS handshake must not hold up anyone else."""
+    listener = _tls_listener(pki, server_config, acse_timeout=3.0)
+    port, _ = next(listener)
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(13)]
+    try:
+        idle[0].sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, and no more
+        started = time.monotonic()
+        assert _echo(port, _client(pki))
+        assert time.monotonic() - started < 5, "a good TLS peer waited for an idle one"
+        for sock in idle:  # each closed by the server once acse_timeout has passed
+            sock.settimeout(6)
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(4096) == b""
+    finally:
+        for sock in idle:
+            sock.close()
+        next(listener, None)
 
 
 def test_dcmtk_storescu_over_tls_stores_the_series(
