@@ -52,6 +52,9 @@ class ModelCard:
     ``pixel_spacing_mm`` 0 resizes every whole slice to ``input_size``; s > 0 says the
     network was trained on windows of ``input_size`` pixels at s mm, so slices are covered
     by overlapping windows resampled to that spacing (``medseg.tiling``).
+    ``prompt_input`` names the model's second input, (N, 2, H, W) prompt maps
+    (``medseg.prompt_maps``), for a promptable model; empty: the model takes no prompt and
+    medseg refuses prompts for it.
     ``refine_radius_mm`` > 0 redraws mask borders along the image's edges with a guided
     filter of that box radius and regularisation ``refine_eps`` (``medseg.refine``);
     ``refine_across_slices`` also continues findings onto neighbouring slices where the
@@ -64,6 +67,7 @@ class ModelCard:
     version: str = "0.0.0"
     architecture: str = "SAM2-UNet"
     input_name: str = "image"
+    prompt_input: str = ""
     output_name: str = "logits"
     input_size: tuple[int, int] = (352, 352)
     channels: int = 3
@@ -134,6 +138,10 @@ class ModelCard:
             return cls(**values)
         except TypeError as exc:
             raise ConfigError(f"model card: {exc}") from exc
+
+    @property
+    def promptable(self) -> bool:
+        return bool(self.prompt_input)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

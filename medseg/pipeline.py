@@ -42,16 +42,10 @@ from medseg.preprocess import (
     renormalise_channels,
     resolve_window,
 )
-from medseg.prompts import (
-    Prompt,
-    PromptPlan,
-    Tile,
-    check_prompt_sizes,
-    plan_prompts,
-    select_components,
-)
+from medseg.prompts import Prompt
+from medseg.propagate import Propagation, SliceRunner, propagate_lesions
 from medseg.refine import Refinement, continue_across_slices, redraw_rims, refine_probabilities
-from medseg.tiling import TileBlender, crop_padded, slice_regions, tile_extent
+from medseg.tiling import Tile, TileBlender, crop_padded, slice_regions, tile_extent
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +81,6 @@ class SegmentOptions:
     series_number: int = 9001
     series_description: str = "medseg segmentation"
     batch_size: int = 4
-    box_margin: float = 0.15
-    point_crop_mm: float = 64.0
     preview: Path | None = None
 
     def __post_init__(self) -> None:
@@ -106,10 +98,6 @@ class SegmentOptions:
             raise ConfigError(f"SEG type must be BINARY or FRACTIONAL, got {self.seg_type!r}")
         if not 1 <= self.series_number <= 2**31 - 1:
             raise ConfigError(f"series number must be a positive integer, got {self.series_number}")
-        try:
-            check_prompt_sizes(self.box_margin, self.point_crop_mm)
-        except PromptError as exc:  # an option, not a prompt: a configuration error
-            raise ConfigError(str(exc)) from None
         self.cleanup  # noqa: B018 - validates the clean-up values now, not mid-job
 
     @property
@@ -176,6 +164,8 @@ class VolumeResult:
     level: float
     timings: dict[str, float] = field(default_factory=dict)
     tiles: int = 0
+    lesions: np.ndarray | None = None  # prompted jobs: 1..n per prompted lesion, 0 = none
+    prompts: tuple[Prompt, ...] = ()  # every prompt the job ran (command line and marks)
 
 
 @dataclass(frozen=True)
@@ -282,19 +272,29 @@ def _prefetched(
         yield (batch, *current.result())
 
 
-def _infer(engine: Engine, tensor: np.ndarray, flips: tuple[str, ...]) -> np.ndarray:
+def _infer(
+    engine: Engine,
+    tensor: np.ndarray,
+    flips: tuple[str, ...],
+    prompt: np.ndarray | None = None,
+) -> np.ndarray:
     """The engine's output, averaged with its output on each flipped view (flipped back).
 
     Averaging the logits of mirrored views is the cheapest ensemble there is: errors that
     depend on where a structure sits in the image partly cancel, at one more run per flip.
+    Prompt maps (a promptable model) are flipped with the image.
     """
-    output = engine.run(tensor)
+    output = engine.run(tensor) if prompt is None else engine.run(tensor, prompt)
     if not flips:
         return output
     total = np.asarray(output, dtype=np.float32).copy()
     for flip in flips:
         axis = -1 if flip == "horizontal" else -2
-        mirrored = engine.run(np.ascontiguousarray(np.flip(tensor, axis=axis)))
+        view = np.ascontiguousarray(np.flip(tensor, axis=axis))
+        if prompt is None:
+            mirrored = engine.run(view)
+        else:
+            mirrored = engine.run(view, np.ascontiguousarray(np.flip(prompt, axis=axis)))
         total += np.flip(np.asarray(mirrored, dtype=np.float32), axis=axis)
     return total / np.float32(len(flips) + 1)
 
@@ -308,36 +308,27 @@ def _sliding_tiles(volume: Volume, card: ModelCard) -> tuple[tuple[Tile, ...], T
     return tiles, TileBlender(shape, regions)
 
 
-def _planned_tiles(
-    volume: Volume, card: ModelCard, plan: PromptPlan
-) -> tuple[tuple[Tile, ...], TileBlender | None]:
-    """The tiles a job runs: its prompt crops, or every slice's sliding windows."""
-    return _sliding_tiles(volume, card) if plan.keep is None else (plan.tiles, None)
-
-
 def _run_tiles(
     volume: Volume,
     engine: Engine,
     card: ModelCard,
     window: IntensityWindow,
     tiles: tuple[Tile, ...],
-    blender: TileBlender | None,
+    blender: TileBlender,
     batch_size: int,
     progress: bool,
     flips: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, dict[str, float]]:
     """Probabilities (slices, rows, cols) from running every tile; preprocessing of the
     next batch overlaps inference of the current one (numpy and ORT release the GIL).
-
-    Sliding windows (auto-segmentation) are blended by ``TileBlender``; prompt crops are
-    merged by their maximum (a crop answers only for its own prompt).
+    The windows' answers are blended by ``TileBlender``.
     """
     from tqdm import tqdm
 
     timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
     probabilities = np.zeros(volume.shape, dtype=np.float32)
     batches = list(_batches(tiles, batch_size))
-    unit = "crop" if blender is None else "slice" if blender.single else "window"
+    unit = "slice" if blender.single else "window"
     bar = tqdm(total=len(tiles), unit=unit, desc="segment", disable=not progress, leave=False)
     with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-prep") as pool:
         prepared = _prefetched(pool, volume.voxels, batches, window, card, volume.spacing[0])
@@ -354,16 +345,10 @@ def _run_tiles(
                 )
             probs = to_probabilities(output, batch[0].shape, card)
             for tile, prob in zip(batch, probs, strict=True):
-                if blender is not None:
-                    blender.add(probabilities[tile.k], tile.region, prob)
-                    continue
-                r = tile.region
-                region = probabilities[tile.k, r.r0 : r.r1, r.c0 : r.c1]
-                np.maximum(region, prob, out=region)
+                blender.add(probabilities[tile.k], tile.region, prob)
             timings["postprocess"] += time.perf_counter() - start
             bar.update(len(batch))
-    if blender is not None:
-        blender.finish(probabilities)
+    blender.finish(probabilities)
     return probabilities, timings
 
 
@@ -379,9 +364,7 @@ def _refinement(card: ModelCard, options: SegmentOptions) -> Refinement:
     )
 
 
-def _tile_unit(blender: TileBlender | None) -> str:
-    if blender is None:
-        return "prompt crops"
+def _tile_unit(blender: TileBlender) -> str:
     return "whole slices" if blender.single else "windows"
 
 
@@ -404,13 +387,14 @@ def segment_volume_result(
 ) -> VolumeResult:
     """Segment an in-memory volume; the full result with timings (see ``segment_volume``)."""
     window = resolve_window(volume, options.window, card)
+    _warn_if_not_the_training_window(volume, window, card)
     prompts = (*options.prompts, *marks_to_prompts(options.marks, volume))
-    plan = plan_prompts(
-        prompts, volume, box_margin=options.box_margin, point_crop_mm=options.point_crop_mm
-    )
+    if prompts:
+        check_promptable(card)
+        return _segment_prompted(volume, engine, card, window, prompts, options)
     flips = card.test_time_flips if options.test_time_flips is None else options.test_time_flips
     refinement = _refinement(card, options)
-    tiles, blender = _planned_tiles(volume, card, plan)
+    tiles, blender = _sliding_tiles(volume, card)
     log.info(
         "segmenting %d slices as %d %s, window %s, engine %s, test-time flips %s, refinement %s",
         volume.shape[0],
@@ -426,33 +410,112 @@ def segment_volume_result(
     )
     start = time.perf_counter()
     level = card.threshold if options.threshold is None else options.threshold
-    if refinement.enabled:  # refined from what the network saw, inside and around prompts
+    if refinement.enabled:  # refined from what the network saw
         marked = threshold(probabilities, level)
-        if plan.keep is not None:
-            marked &= plan.keep
         probabilities = refine_probabilities(
             probabilities, volume.voxels, window, volume.spacing[1:], marked, refinement
         )
-    if plan.keep is not None:
-        probabilities[~plan.keep] = 0.0
     raw = threshold(probabilities, level)
     if refinement.crosses_slices:  # else no copy of the mask to make
-        raw = continue_across_slices(
-            raw, volume.voxels, window, volume.spacing[1:], refinement, allowed=plan.keep
-        )
+        raw = continue_across_slices(raw, volume.voxels, window, volume.spacing[1:], refinement)
     if refinement.redraws_rims:
-        raw = redraw_rims(
-            raw,
-            volume.voxels,
-            window,
-            volume.spacing,
-            refinement,
-            allowed=plan.keep,
-            pinned=plan.seeds(volume.shape),
-        )
-    mask = clean_mask(select_components(raw, plan), volume.spacing, options.cleanup)
+        raw = redraw_rims(raw, volume.voxels, window, volume.spacing, refinement)
+    mask = clean_mask(raw, volume.spacing, options.cleanup)
     timings["postprocess"] += time.perf_counter() - start
     return VolumeResult(mask, probabilities, window, level, timings, len(tiles))
+
+
+def _warn_if_not_the_training_window(
+    volume: Volume, window: IntensityWindow, card: ModelCard
+) -> None:
+    """The network saw one window in training; another one changes what it sees."""
+    trained = resolve_window(volume, "auto", card)
+    if (window.low, window.high) != (trained.low, trained.high):
+        log.warning(
+            "window %s (%g to %g) is not the window model %s was trained with (%s, %g to %g): "
+            "expect different results",
+            window.source or "custom",
+            window.low,
+            window.high,
+            card.name,
+            trained.source,
+            trained.low,
+            trained.high,
+        )
+
+
+def check_promptable(card: ModelCard) -> None:
+    """Refuse prompts for a model that cannot take them (rather than guess around it)."""
+    if not card.promptable:
+        raise PromptError(
+            f"model {card.name} takes no prompts (its card names no prompt_input): use a "
+            "promptable model, or leave out the prompts for automatic segmentation"
+        )
+    if card.pixel_spacing_mm > 0:
+        raise PromptError(
+            f"model {card.name} runs in windows (pixel_spacing_mm {card.pixel_spacing_mm:g}): "
+            "prompted propagation needs a whole-slice model"
+        )
+
+
+def _slice_runner(
+    volume: Volume,
+    engine: Engine,
+    card: ModelCard,
+    window: IntensityWindow,
+    flips: tuple[str, ...],
+    batch_size: int,
+    timings: dict[str, float],
+) -> SliceRunner:
+    """Crops (one shape per call) with prompt maps -> probabilities on the crops' grid."""
+
+    def run(tiles: list[Tile], maps: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(tiles), batch_size):
+            batch = tiles[start : start + batch_size]
+            tensor, seconds = _prepare(volume.voxels, batch, window, card, volume.spacing[0])
+            timings["preprocess"] += seconds
+            tick = time.perf_counter()
+            output = _infer(engine, tensor, flips, maps[start : start + batch_size])
+            timings["infer"] += time.perf_counter() - tick
+            out.append(to_probabilities(output, batch[0].shape, card))
+        return np.concatenate(out)
+
+    return run
+
+
+def _segment_prompted(
+    volume: Volume,
+    engine: Engine,
+    card: ModelCard,
+    window: IntensityWindow,
+    prompts: tuple[Prompt, ...],
+    options: SegmentOptions,
+) -> VolumeResult:
+    """Prompts through a promptable network, each carried from its slice through the
+    volume (``medseg.propagate``); one label per prompted lesion."""
+    flips = card.test_time_flips if options.test_time_flips is None else options.test_time_flips
+    level = card.threshold if options.threshold is None else options.threshold
+    timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
+    run = _slice_runner(volume, engine, card, window, flips, options.batch_size, timings)
+    log.info(
+        "segmenting %d prompt(s) on %d slices by propagation, window %s, engine %s, "
+        "test-time flips %s",
+        len(prompts),
+        volume.shape[0],
+        window.source,
+        engine.name,
+        ",".join(flips) or "none",
+    )
+    lesions, probabilities, calls = propagate_lesions(
+        volume, run, prompts, card.input_size, Propagation(level=level)
+    )
+    start = time.perf_counter()
+    mask = clean_mask(lesions > 0, volume.spacing, options.cleanup)
+    lesions = np.where(mask, lesions, 0).astype(lesions.dtype)
+    timings["postprocess"] += time.perf_counter() - start
+    log.info("propagation ran %d slice(s), %d lesion(s) found", calls, len(np.unique(lesions)) - 1)
+    return VolumeResult(mask, probabilities, window, level, timings, calls, lesions, prompts)
 
 
 def segment_volume(
@@ -522,6 +585,8 @@ def segment(
     # model file and card first (cheap), then the series and the SEG pre-flight, and only
     # then the engine: a series that cannot be written costs neither model load nor inference
     model_path, card = resolve_model(options) if model is None else (model.path, model.card)
+    if options.prompts or options.marks:
+        check_promptable(card)
     start = time.perf_counter()
     loaded = load_series(inputs, series_uid=options.series_uid)
     volume = loaded.volume
@@ -555,7 +620,14 @@ def segment(
 
             start = time.perf_counter()
             try:
-                write_preview(volume, result.mask, result.window, options.preview)
+                write_preview(
+                    volume,
+                    result.mask,
+                    result.window,
+                    options.preview,
+                    prompts=result.prompts,
+                    model=f"{card.name} {card.version}",
+                )
             except BaseException:
                 output.unlink(missing_ok=True)  # a failed job leaves no output behind
                 raise

@@ -1,15 +1,9 @@
-"""Box and point prompts: steering a single-input network from outside it.
+"""Box and point prompts: what a reader marks, parsed and placed on a volume.
 
-The deployed SAM2-UNet takes only an image, so a prompt decides *where* the network looks
-and *which* of its findings are kept:
-
-- a box crops each slice in its range to the box plus a margin, the crop is zoomed to the
-  model's input size (a small lesion gets many more pixels), and everything outside the box
-  is cleared;
-- a point crops a square of ``point_crop_mm`` around itself on every slice within
-  ``point_crop_mm / 2`` along the slice normal; afterwards only the 3-D connected
-  components containing a positive point are kept and those containing a negative point
-  are dropped. Negative points alone leave the whole volume segmented and only drop.
+A promptable network sees each prompt drawn into its prompt input
+(``medseg.prompt_maps``); ``medseg.propagate`` carries a one-slice prompt through the
+volume. This module only parses the command line's prompts and resolves them to voxel
+indices of one volume.
 
 Coordinates are voxel indices (column i, row j, slice k; 0-based) or patient LPS mm.
 Command-line syntax (see docs/segment.md)::
@@ -31,7 +25,6 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from medseg.errors import PromptError
-from medseg.tiling import Region
 
 if TYPE_CHECKING:  # pragma: no cover
     from medseg.dicom.volume import Volume
@@ -39,6 +32,11 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 Space = Literal["index", "mm"]
+# how the slice part of an index-space prompt is read: the 0-based index along the slice
+# normal (medseg's own), the InstanceNumber a viewer shows (the frame number of a
+# multi-frame image), or the slice position along the normal in mm (a viewer's "z")
+SliceBy = Literal["index", "instance", "z"]
+SLICE_BY: tuple[str, ...] = ("index", "instance", "z")
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _RANGE = re.compile(rf"^\s*({_NUM})\s*(?::|(?<=[\d.])-)\s*({_NUM})\s*$")
 
@@ -59,6 +57,7 @@ class BoxPrompt:
     z0: float | None = None
     z1: float | None = None
     space: Space = "index"
+    slices: SliceBy = "index"
 
     def __post_init__(self) -> None:
         values = [self.x0, self.y0, self.x1, self.y1]
@@ -82,6 +81,7 @@ class PointPrompt:
     z: float
     positive: bool = True
     space: Space = "index"
+    slices: SliceBy = "index"
 
     def __post_init__(self) -> None:
         if not all(np.isfinite([self.x, self.y, self.z])):
@@ -100,7 +100,7 @@ def _numbers(text: str, count: int, what: str) -> list[float]:
     return [float(p) for p in parts]
 
 
-def parse_box(text: str, space: Space = "index") -> BoxPrompt:
+def parse_box(text: str, space: Space = "index", slices: SliceBy = "index") -> BoxPrompt:
     """``x0,y0,x1,y1[@k|@k0-k1|@k0:k1]`` -> BoxPrompt (mm boxes need the ``@`` part)."""
     what = "--box-mm" if space == "mm" else "--box"
     corners, _, where = text.partition("@")
@@ -116,10 +116,10 @@ def parse_box(text: str, space: Space = "index") -> BoxPrompt:
             raise PromptError(f"bad {what} slice part {where!r}: use @k, @k0-k1 or @z0:z1")
     elif "@" in text:
         raise PromptError(f"bad {what} {text!r}: nothing after '@'")
-    return BoxPrompt(x0, y0, x1, y1, z0, z1, space)
+    return BoxPrompt(x0, y0, x1, y1, z0, z1, space, slices)
 
 
-def parse_point(text: str, space: Space = "index") -> PointPrompt:
+def parse_point(text: str, space: Space = "index", slices: SliceBy = "index") -> PointPrompt:
     """``a,b,c[:neg|:pos]`` -> PointPrompt."""
     what = "--point-mm" if space == "mm" else "--point"
     coords, _, sign = text.partition(":")
@@ -127,48 +127,7 @@ def parse_point(text: str, space: Space = "index") -> PointPrompt:
     if sign not in ("", "pos", "neg", "+", "-"):
         raise PromptError(f"bad {what} {text!r}: the suffix must be :pos or :neg")
     x, y, z = _numbers(coords, 3, what)
-    return PointPrompt(x, y, z, positive=sign not in ("neg", "-"), space=space)
-
-
-@dataclass(frozen=True)
-class Tile:
-    """A crop the network runs on: ``region`` of slice ``k`` (a sliding window may reach
-    past the slice's edges: that part is padding)."""
-
-    k: int
-    region: Region
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.region.shape
-
-
-@dataclass(frozen=True, eq=False)
-class PromptPlan:
-    """What to run and what to keep, in voxel indices of one volume.
-
-    ``keep`` is None for auto-segmentation (everything kept; ``tiles`` is then empty: the
-    pipeline covers every slice with the model's windows, ``medseg.tiling``); otherwise
-    the voxels the network's answer may survive in. ``box_region``/``point_region`` split it
-    by origin for component selection; seeds are (k, j, i) voxel indices.
-    """
-
-    tiles: tuple[Tile, ...]
-    keep: np.ndarray | None
-    box_region: np.ndarray | None
-    point_region: np.ndarray | None
-    positive: tuple[tuple[int, int, int], ...] = ()
-    negative: tuple[tuple[int, int, int], ...] = ()
-
-    def seeds(self, shape: tuple[int, int, int]) -> np.ndarray | None:
-        """The points' voxels as a bool mask of ``shape`` (None without points), so a
-        refinement that may drop voxels can leave the findings they hit alone."""
-        points = self.positive + self.negative
-        if not points:
-            return None
-        seeds = np.zeros(shape, dtype=bool)
-        seeds[tuple(np.transpose(points))] = True
-        return seeds
+    return PointPrompt(x, y, z, positive=sign not in ("neg", "-"), space=space, slices=slices)
 
 
 def _voxel_indices(index: np.ndarray, shape: tuple[int, int, int], described: str) -> np.ndarray:
@@ -189,7 +148,7 @@ def _voxel_indices(index: np.ndarray, shape: tuple[int, int, int], described: st
     return np.clip(np.rint(index), 0.0, upper).astype(np.int64)
 
 
-def _box_bounds(box: BoxPrompt, volume: Volume) -> tuple[int, int, int, int, int, int]:
+def box_bounds(box: BoxPrompt, volume: Volume) -> tuple[int, int, int, int, int, int]:
     """Inclusive (c0, c1, r0, r1, k0, k1) voxel bounds of a box."""
     slices = volume.shape[0]
     if box.space == "mm":
@@ -200,7 +159,10 @@ def _box_bounds(box: BoxPrompt, volume: Volume) -> tuple[int, int, int, int, int
         lo, hi = index.min(axis=0), index.max(axis=0)
         described = f"box {box.x0:g},{box.y0:g},{box.x1:g},{box.y1:g} mm at z {box.z0:g}:{box.z1:g}"
     else:
-        k0, k1 = (0.0, slices - 1.0) if box.z0 is None else (box.z0, box.z1)
+        if box.z0 is None:
+            k0, k1 = 0.0, slices - 1.0
+        else:
+            k0, k1 = (slice_index(volume, z, box.slices) for z in (box.z0, box.z1))
         lo = np.array([min(box.x0, box.x1), min(box.y0, box.y1), min(k0, k1)])
         hi = np.array([max(box.x0, box.x1), max(box.y0, box.y1), max(k0, k1)])
         described = f"box {box.x0:g},{box.y0:g},{box.x1:g},{box.y1:g}@{k0:g}-{k1:g}"
@@ -208,108 +170,52 @@ def _box_bounds(box: BoxPrompt, volume: Volume) -> tuple[int, int, int, int, int
     return int(c0), int(c1), int(r0), int(r1), int(k0i), int(k1i)
 
 
-def _point_index(point: PointPrompt, volume: Volume) -> tuple[int, int, int]:
+def point_index(point: PointPrompt, volume: Volume) -> tuple[int, int, int]:
     """(k, j, i) voxel index of a point, checked to be inside."""
-    xyz = np.array([point.x, point.y, point.z], dtype=float)
-    index = volume.lps_to_index(xyz) if point.space == "mm" else xyz
+    if point.space == "mm":
+        index = volume.lps_to_index(np.array([point.x, point.y, point.z], dtype=float))
+    else:
+        index = np.array([point.x, point.y, slice_index(volume, point.z, point.slices)])
     unit = " mm" if point.space == "mm" else ""
     described = f"point {point.x:g},{point.y:g},{point.z:g}{unit}"
     i, j, k = (int(v) for v in _voxel_indices(index, volume.shape, described))
     return k, j, i
 
 
-def check_prompt_sizes(box_margin: float, point_crop_mm: float) -> None:
-    """The box margin must be a finite fraction >= 0, the point crop a finite size > 0 mm."""
-    if not np.isfinite(box_margin) or box_margin < 0:
-        raise PromptError(f"box margin must be a finite fraction >= 0, got {box_margin}")
-    if not np.isfinite(point_crop_mm) or point_crop_mm <= 0:
-        raise PromptError(f"point crop size must be a finite size > 0 mm, got {point_crop_mm}")
-
-
-def _reach(voxels: float, limit: int, least: int) -> int:
-    """A margin in whole voxels, at least ``least`` and never beyond the grid's ``limit``
-    (a huge but finite option must not overflow, it just means "the whole slice")."""
-    return max(least, round(min(float(voxels), float(limit))))
-
-
-def plan_prompts(
-    prompts: tuple[Prompt, ...] | list[Prompt],
-    volume: Volume,
-    *,
-    box_margin: float = 0.15,
-    point_crop_mm: float = 64.0,
-) -> PromptPlan:
-    """Resolve prompts on ``volume`` into tiles to run and regions to keep.
-
-    ``box_margin`` is the context added around a box on each side as a fraction of its
-    size (at least 4 voxels); ``point_crop_mm`` the side of a point's square crop.
-    """
-    check_prompt_sizes(box_margin, point_crop_mm)
-    slices, rows, cols = volume.shape
-    if not prompts or all(isinstance(p, PointPrompt) and not p.positive for p in prompts):
-        negative = tuple(_point_index(p, volume) for p in prompts)  # type: ignore[arg-type]
-        return PromptPlan((), None, None, None, (), negative)
-    tiles: list[Tile] = []
-    box_region = np.zeros(volume.shape, dtype=bool)
-    point_region = np.zeros(volume.shape, dtype=bool)
-    positive: list[tuple[int, int, int]] = []
-    negative: list[tuple[int, int, int]] = []
-    for prompt in prompts:
-        if isinstance(prompt, BoxPrompt):
-            c0, c1, r0, r1, k0, k1 = _box_bounds(prompt, volume)
-            box_region[k0 : k1 + 1, r0 : r1 + 1, c0 : c1 + 1] = True
-            mr = _reach(box_margin * (r1 - r0 + 1), rows, 4)
-            mc = _reach(box_margin * (c1 - c0 + 1), cols, 4)
-            tr0, tr1 = max(0, r0 - mr), min(rows, r1 + 1 + mr)
-            tc0, tc1 = max(0, c0 - mc), min(cols, c1 + 1 + mc)
-            tiles.extend(Tile(k, Region(tr0, tr1, tc0, tc1)) for k in range(k0, k1 + 1))
+def instance_numbers(volume: Volume) -> list[int | None]:
+    """What a viewer numbers each slice by: its frame number in a multi-frame image, else
+    the InstanceNumber of its file (None where the file has none)."""
+    by_uid = {str(ds.get("SOPInstanceUID", "")): ds.get("InstanceNumber") for ds in volume.datasets}
+    numbers: list[int | None] = []
+    for frame in volume.frames:
+        if frame.frame_number is not None:
+            numbers.append(int(frame.frame_number))
             continue
-        k, j, i = _point_index(prompt, volume)
-        (positive if prompt.positive else negative).append((k, j, i))
-        if not prompt.positive:
-            continue
-        half = point_crop_mm / 2.0
-        hk = _reach(np.floor(half / volume.spacing[0] + 1e-6), slices, 0)
-        hr = _reach(half / volume.spacing[1], rows, 1)
-        hc = _reach(half / volume.spacing[2], cols, 1)
-        ks = range(max(0, k - hk), min(slices, k + hk + 1))
-        tr0, tr1 = max(0, j - hr), min(rows, j + hr + 1)
-        tc0, tc1 = max(0, i - hc), min(cols, i + hc + 1)
-        point_region[ks.start : ks.stop, tr0:tr1, tc0:tc1] = True
-        tiles.extend(Tile(kk, Region(tr0, tr1, tc0, tc1)) for kk in ks)
-    keep = box_region | point_region
-    return PromptPlan(
-        tuple(dict.fromkeys(tiles)),  # drop exact duplicates, keep order
-        keep,
-        box_region if box_region.any() else None,
-        point_region if positive else None,
-        tuple(positive),
-        tuple(negative),
-    )
+        value = by_uid.get(frame.sop_instance_uid)
+        numbers.append(None if value in (None, "") else int(value))
+    return numbers
 
 
-def select_components(mask: np.ndarray, plan: PromptPlan) -> np.ndarray:
-    """Apply the point rules to a thresholded (slices, rows, cols) mask.
+def slice_positions_mm(volume: Volume) -> np.ndarray:
+    """Each slice's position along the slice normal in mm (a viewer's slice "z")."""
+    normal = np.asarray(volume.direction, dtype=float)[:, 2]
+    return np.asarray(volume.positions, dtype=float) @ normal
 
-    Box results are kept as they are; inside point crops only components that contain a
-    positive point survive; then every component containing a negative point is dropped.
-    """
-    from medseg.postprocess import label_components
 
-    mask = np.asarray(mask, dtype=bool)
-    if plan.positive:
-        labels, _ = label_components(mask & plan.point_region)
-        hits = {int(labels[seed]) for seed in plan.positive}
-        missed = [seed for seed in plan.positive if labels[seed] == 0]
-        if missed:
-            log.warning("%d positive point(s) hit background: nothing kept there", len(missed))
-        hits.discard(0)
-        chosen = np.isin(labels, sorted(hits)) if hits else np.zeros_like(mask)
-        boxed = mask & plan.box_region if plan.box_region is not None else np.zeros_like(mask)
-        mask = boxed | chosen
-    if plan.negative:
-        labels, _ = label_components(mask)
-        drop = sorted({int(labels[seed]) for seed in plan.negative} - {0})
-        if drop:
-            mask = mask & ~np.isin(labels, drop)
-    return mask
+def slice_index(volume: Volume, value: float, slices: SliceBy) -> float:
+    """A slice given as an index, an InstanceNumber or a position in mm -> its index
+    (continuous; range checks come with the rest of the prompt)."""
+    if slices == "index":
+        return float(value)
+    if slices == "instance":
+        numbers = instance_numbers(volume)
+        if float(value) in numbers:
+            return float(numbers.index(float(value)))  # type: ignore[arg-type]
+        known = sorted(n for n in numbers if n is not None)
+        span = f"{known[0]}-{known[-1]}" if known else "none"
+        raise PromptError(f"no slice with InstanceNumber {value:g} (this series has {span})")
+    if slices == "z":
+        positions = slice_positions_mm(volume)
+        step = volume.spacing[0] if positions[-1] >= positions[0] else -volume.spacing[0]
+        return float((value - positions[0]) / step) if len(positions) > 1 else 0.0
+    raise PromptError(f"unknown slice numbering {slices!r} (use {', '.join(SLICE_BY)})")

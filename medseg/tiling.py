@@ -48,6 +48,19 @@ class Region:
         return (self.r1 - self.r0, self.c1 - self.c0)
 
 
+@dataclass(frozen=True)
+class Tile:
+    """A crop the network runs on: ``region`` of slice ``k`` (a sliding window may reach
+    past the slice's edges: that part is padding)."""
+
+    k: int
+    region: Region
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.region.shape
+
+
 def tile_extent(
     card: ModelCard, shape: tuple[int, int], pixel_spacing: tuple[float, float]
 ) -> tuple[int, int]:

@@ -26,3 +26,13 @@ def bright_model(tmp_path: Path) -> Path:
     path = tmp_path / "models" / "bright.onnx"
     make_bright_model(path)
     return path
+
+
+@pytest.fixture
+def prompted_bright_model(tmp_path: Path) -> Path:
+    """A tiny promptable ONNX model: bright pixels connected to the prompt (64 x 64 input)."""
+    from tests.tiny_models import make_prompted_bright_model
+
+    path = tmp_path / "models" / "prompted.onnx"
+    make_prompted_bright_model(path, (64, 64))
+    return path

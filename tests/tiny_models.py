@@ -136,3 +136,83 @@ def make_coarse_bright_model(
     card = ModelCard(name="test-coarse-bright", version="0.0.1", input_size=size)
     card.save(path.with_suffix(".json"))
     return card
+
+
+def make_prompted_bright_model(path: Path, size: tuple[int, int], level: float = 0.5) -> ModelCard:
+    """A promptable model with a known answer: ``image`` and ``prompt`` [N, 2, H, W] in.
+
+    Bright pixels (windowed intensity above ``level``) are the objects. An all-zero prompt
+    returns every bright pixel (automatic mode); otherwise only the bright pixels connected
+    (within the bright mask) to positive prompt pixels, less those connected to negative
+    ones: a geodesic reconstruction, unrolled as max-pools, as a perfect promptable
+    network would answer.
+    """
+    mean, std = IMAGENET_MEAN[0], IMAGENET_STD[0]
+    node, inits = channel_slice("ch0", 0)
+    nodes = [
+        node,
+        helper.make_node("Mul", ["ch0", "std"], ["scaled"]),
+        helper.make_node("Add", ["scaled", "mean"], ["intensity"]),
+        helper.make_node("Greater", ["intensity", "level"], ["bright_b"]),
+        helper.make_node("Cast", ["bright_b"], ["bright"], to=TensorProto.FLOAT),
+    ]
+    inits += [
+        helper.make_tensor("std", TensorProto.FLOAT, [], [std]),
+        helper.make_tensor("mean", TensorProto.FLOAT, [], [mean]),
+        helper.make_tensor("level", TensorProto.FLOAT, [], [level]),
+        helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+        helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+        helper.make_tensor("ten", TensorProto.FLOAT, [], [10.0]),
+    ]
+    for channel, name in ((0, "pos"), (1, "neg")):
+        nodes.append(
+            helper.make_node(
+                "Slice", ["prompt", f"{name}_s", f"{name}_e", f"{name}_a"], [f"{name}_map"]
+            )
+        )
+        inits += [
+            helper.make_tensor(f"{name}_s", TensorProto.INT64, [1], [channel]),
+            helper.make_tensor(f"{name}_e", TensorProto.INT64, [1], [channel + 1]),
+            helper.make_tensor(f"{name}_a", TensorProto.INT64, [1], [1]),
+        ]
+        current = f"{name}_0"
+        nodes.append(helper.make_node("Mul", [f"{name}_map", "bright"], [current]))
+        for step in range(1, max(size) + 1):
+            pooled = f"{name}_p{step}"
+            nodes.append(
+                helper.make_node(
+                    "MaxPool", [current], [pooled], kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+                )
+            )
+            current = f"{name}_{step}"
+            nodes.append(helper.make_node("Mul", [pooled, "bright"], [current]))
+        nodes.append(helper.make_node("Identity", [current], [f"{name}_grown"]))
+    nodes += [
+        helper.make_node("Sub", ["one", "neg_grown"], ["not_neg"]),
+        helper.make_node("Mul", ["pos_grown", "not_neg"], ["selected"]),
+        helper.make_node("ReduceMax", ["prompt"], ["any"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Sub", ["one", "any"], ["auto"]),
+        helper.make_node("Mul", ["auto", "bright"], ["auto_part"]),
+        helper.make_node("Mul", ["any", "selected"], ["prompt_part"]),
+        helper.make_node("Add", ["auto_part", "prompt_part"], ["answer"]),
+        helper.make_node("Mul", ["answer", "two"], ["twice"]),
+        helper.make_node("Sub", ["twice", "one"], ["signed"]),
+        helper.make_node("Mul", ["signed", "ten"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "prompted_bright",
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, *size]),
+            helper.make_tensor_value_info("prompt", TensorProto.FLOAT, ["N", 2, *size]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1, *size])],
+        initializer=inits,
+    )
+    path = Path(path)
+    save_checked(graph, path)
+    card = ModelCard(
+        name="test-prompted-bright", version="0.0.1", input_size=size, prompt_input="prompt"
+    )
+    card.save(path.with_suffix(".json"))
+    return card

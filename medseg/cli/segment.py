@@ -18,11 +18,16 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-PROMPT_HELP = """prompts (coordinates are 0-based voxel indices: column, row, slice; or LPS mm):
-  --box x0,y0,x1,y1@k        box on slice k (inclusive corners); @k0-k1 for a range,
-                             no @ for every slice
+PROMPT_HELP = """prompts (need a promptable model; coordinates are 0-based voxel indices:
+column, row, slice; or LPS mm). By default the slice k is a 0-based index along the slice
+normal from the first slice in patient order (feet first for axial series): often the
+reverse of what a viewer shows. --slices instance reads k as the InstanceNumber the viewer
+shows, --slices z as the slice position in mm. Each positive point or one-slice box is one
+lesion, segmented on its slice and carried through the volume until the lesion ends:
+  --box x0,y0,x1,y1@k        box on slice k (inclusive corners); @k0-k1: the lesion lies
+                             within that slice range (no propagation beyond it)
   --box-mm x0,y0,x1,y1@z     box in LPS mm at z (mm); @z0:z1 for a range
-  --point i,j,k[:neg]        positive point (keep its component) or negative (drop it)
+  --point i,j,k[:neg]        a click on a lesion, or a negative click (drops what it hits)
   --point-mm x,y,z[:neg]     the same in LPS mm
   --prompts-from FILE        a reader's marks saved by a viewer (GSPS or TID 1500 SR):
                              points, diameters, circles, ellipses, outlines (docs/marks.md)
@@ -70,13 +75,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--point", action="append", default=[], metavar="i,j,k[:neg]")
     parser.add_argument("--point-mm", action="append", default=[], metavar="x,y,z[:neg]")
     parser.add_argument(
+        "--slices",
+        choices=("index", "instance", "z"),
+        default="index",
+        help="how the slice part of --box/--point is read: 0-based index along the normal "
+        "(default), InstanceNumber as a viewer shows it, or position z in mm",
+    )
+    parser.add_argument(
         "--prompts-from", action="append", default=[], type=Path, metavar="FILE", help="GSPS/SR"
-    )
-    parser.add_argument(
-        "--box-margin", type=float, default=0.15, help="context around a box (fraction, 0.15)"
-    )
-    parser.add_argument(
-        "--point-crop", type=float, default=64.0, metavar="MM", help="point crop size (64 mm)"
     )
     parser.add_argument("--threshold", type=float, help="probability threshold (default: card)")
     parser.add_argument(
@@ -117,9 +123,9 @@ def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazi
     from medseg.prompts import parse_box, parse_point
 
     prompts = (
-        *(parse_box(text) for text in args.box),
+        *(parse_box(text, slices=args.slices) for text in args.box),
         *(parse_box(text, "mm") for text in args.box_mm),
-        *(parse_point(text) for text in args.point),
+        *(parse_point(text, slices=args.slices) for text in args.point),
         *(parse_point(text, "mm") for text in args.point_mm),
     )
     marks = tuple(mark for path in args.prompts_from for mark in read_marks(path))
@@ -143,8 +149,6 @@ def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazi
         series_number=args.series_number,
         series_description=args.series_description,
         batch_size=args.batch_size,
-        box_margin=args.box_margin,
-        point_crop_mm=args.point_crop,
         preview=args.preview,
     )
 

@@ -20,7 +20,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fine-tune SAM2-UNet (needs the [train] extra)",
         description="Train SAM2-UNet on image series paired with masks (see docs/training.md).",
     )
-    parser.add_argument("--data", required=True, type=Path, help="folder of series + masks")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="folder of series + masks")
+    source.add_argument(
+        "--synthetic",
+        metavar="FAMILIES",
+        help="train a promptable config on scenes generated afresh in every step, from these "
+        "generator families (comma-separated: lobulated, metaball, rippled); simulated "
+        "clicks, boxes and neighbouring-slice masks (docs/training.md)",
+    )
+    parser.add_argument(
+        "--modalities", default="CT,MR", help="with --synthetic: CT, MR or CT,MR (default)"
+    )
     parser.add_argument("--init", required=True, help="checkpoint to start from, or 'none'")
     parser.add_argument(
         "--config",
@@ -95,9 +106,11 @@ def run_train(args: argparse.Namespace) -> int:
     init = None if args.init.lower() == "none" else args.init
     if init is not None and not args.resume and not Path(init).is_file():
         raise ConfigError(f"--init checkpoint not found: {init}")
+    command = "medseg " + shlex.join(sys.argv[1:]) if "train" in sys.argv[1:4] else None
+    if args.synthetic is not None:
+        return _run_synthetic(args, init, command)
     if not args.data.is_dir():
         raise ConfigError(f"--data folder not found: {args.data}")
-    command = "medseg " + shlex.join(sys.argv[1:]) if "train" in sys.argv[1:4] else None
     options = TrainOptions(
         data=args.data,
         output=args.output,
@@ -126,4 +139,37 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(options)
     dice = "n/a" if result.best_val_dice is None else f"{result.best_val_dice:.4f}"
     print(f"best checkpoint {result.best_checkpoint} (epoch {result.best_epoch}, val Dice {dice})")
+    return 0
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _run_synthetic(args: argparse.Namespace, init: str | None, command: str | None) -> int:
+    from medseg.model.train_synthetic import SyntheticTrainOptions, train_synthetic
+
+    options = SyntheticTrainOptions(
+        output=args.output,
+        families=_names(args.synthetic),
+        modalities=tuple(m.upper() for m in _names(args.modalities)),
+        config=_config_arg(args.config) or "phantom_prompt",
+        init=init,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch or 250,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        slice_context_mm=args.slice_context or 2.5,
+        seed=args.seed,
+        threads=args.threads,
+        max_minutes=args.max_minutes,
+        progress=not args.no_progress,
+        command=command,
+    )
+    result = train_synthetic(options)
+    print(
+        f"best checkpoint {result.best_checkpoint} (epoch {result.best_epoch}, "
+        f"val Dice {result.best_val_dice:.4f})"
+    )
     return 0

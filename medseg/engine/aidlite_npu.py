@@ -17,9 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from medseg.engine.batching import run_in_fixed_batches, to_layout, to_nchw_logits
+from medseg.engine.batching import (
+    prompt_feed,
+    run_in_fixed_batches,
+    to_layout,
+    to_nchw_logits,
+)
 from medseg.errors import EngineUnavailableError, ModelError
 from medseg.modelcard import ModelCard
+from medseg.prompt_maps import CHANNELS as PROMPT_CHANNELS
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +80,14 @@ class AidliteEngine:
         height, width = card.input_size
         if card.layout == "NHWC":
             in_shape = [self._batch, height, width, card.channels]
+            prompt_shape = [self._batch, height, width, PROMPT_CHANNELS]
             out_shape = [self._batch, height, width, 1]
         else:
             in_shape = [self._batch, card.channels, height, width]
+            prompt_shape = [self._batch, PROMPT_CHANNELS, height, width]
             out_shape = [self._batch, 1, height, width]
+        # a promptable model has two inputs, in the order the card names them: image, prompt
+        in_shapes = [in_shape, prompt_shape] if card.promptable else [in_shape]
         framework = framework_type_name(model_path)
         if not hasattr(aidlite.FrameworkType, framework):
             raise EngineUnavailableError(
@@ -95,7 +105,7 @@ class AidliteEngine:
         _check_status(
             "Model.set_model_properties()",
             model.set_model_properties(
-                [in_shape],
+                in_shapes,
                 aidlite.DataType.TYPE_FLOAT32,
                 [out_shape],
                 aidlite.DataType.TYPE_FLOAT32,
@@ -120,7 +130,7 @@ class AidliteEngine:
         self.name = f"aidlite-{framework.removeprefix('TYPE_').lower()}-dsp"
         log.info("opened %s on the NPU (%s, input %s)", model_path, framework, in_shape)
 
-    def _run_one(self, chunk: np.ndarray) -> np.ndarray:
+    def _run_one(self, chunk: np.ndarray, prompt: np.ndarray | None = None) -> np.ndarray:
         # set_input/invoke/get_output on one interpreter is not atomic: jobs sharing the
         # engine (the listener's workers) take turns, and close() waits for a running call.
         with self._lock:
@@ -128,6 +138,10 @@ class AidliteEngine:
             if interpreter is None:
                 raise ModelError("aidlite engine used after close()")
             _check_status("Interpreter.set_input_tensor(0)", interpreter.set_input_tensor(0, chunk))
+            if prompt is not None:
+                _check_status(
+                    "Interpreter.set_input_tensor(1)", interpreter.set_input_tensor(1, prompt)
+                )
             _check_status("Interpreter.invoke()", interpreter.invoke())
             flat = _check_object(
                 "Interpreter.get_output_tensor(0)", interpreter.get_output_tensor(0)
@@ -135,24 +149,27 @@ class AidliteEngine:
             # a copy: the SDK may hand out its own output buffer, reused by the next invoke
             return np.array(flat, dtype=np.float32, copy=True)
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """(N, C, H, W) float32 -> (N, 1, H, W) float32, in chunks of the compiled batch."""
+    def run(self, batch: np.ndarray, prompt: np.ndarray | None = None) -> np.ndarray:
+        """(N, C, H, W) float32 (and (N, 2, H, W) prompt maps) -> (N, 1, H, W) float32, in
+        chunks of the compiled batch."""
         n = batch.shape[0]
         feed = to_layout(batch, self.card.layout)
+        prompts = prompt_feed(self.card, batch, prompt)
+        more = () if prompts is None else (prompts,)
         if feed.shape[1:] != self._in_shape[1:]:
             raise ModelError(f"aidlite input {feed.shape[1:]} != model {self._in_shape[1:]}")
         height, width = self.card.input_size
         per_item = height * width
 
-        def run_chunk(chunk: np.ndarray) -> np.ndarray:
-            flat = self._run_one(chunk)
+        def run_chunk(chunk: np.ndarray, *prompt_chunk: np.ndarray) -> np.ndarray:
+            flat = self._run_one(chunk, *prompt_chunk)
             if flat.size != chunk.shape[0] * per_item:
                 raise ModelError(
                     f"aidlite output has {flat.size} values, expected {chunk.shape[0] * per_item}"
                 )
             return flat.reshape(chunk.shape[0], per_item)
 
-        raw = run_in_fixed_batches(run_chunk, feed, self._batch)
+        raw = run_in_fixed_batches(run_chunk, feed, self._batch, *more)
         return to_nchw_logits(raw, n, self.card.input_size, self.card.layout)
 
     def close(self) -> None:

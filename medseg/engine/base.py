@@ -18,8 +18,12 @@ class Engine(Protocol):
 
     name: str
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """(N, C, H, W) float32 in -> (N, 1, H, W) float32 out."""
+    def run(self, batch: np.ndarray, prompt: np.ndarray | None = None) -> np.ndarray:
+        """(N, C, H, W) float32 in -> (N, 1, H, W) float32 out.
+
+        ``prompt``: (N, 2, H, W) prompt maps for a promptable model (None: all zero,
+        automatic mode); a model without a prompt input refuses one.
+        """
         ...
 
     def close(self) -> None:

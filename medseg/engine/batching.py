@@ -8,10 +8,15 @@ keep that translation in one place so every backend does it the same way.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from medseg.errors import ModelError
+from medseg.prompt_maps import CHANNELS as PROMPT_CHANNELS
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medseg.modelcard import ModelCard
 
 
 def to_layout(batch: np.ndarray, layout: str) -> np.ndarray:
@@ -37,21 +42,39 @@ def to_nchw_logits(output: np.ndarray, n: int, size: tuple[int, int], layout: st
 
 
 def run_in_fixed_batches(
-    run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, fixed: int
+    run: Callable[..., np.ndarray], batch: np.ndarray, fixed: int, *more: np.ndarray
 ) -> np.ndarray:
     """Feed ``batch`` (N, ...) to a model compiled for ``fixed`` items per call.
 
     Splits into chunks of ``fixed``, zero-pads the last one and drops the padded outputs.
-    ``run`` takes and returns arrays whose first axis is ``fixed``.
+    ``run`` takes and returns arrays whose first axis is ``fixed``; ``more`` are further
+    inputs with the same first axis (a promptable model's prompt maps), chunked alike and
+    passed after the batch.
     """
     if fixed < 1:
         raise ModelError(f"fixed batch size must be >= 1, got {fixed}")
     outputs = []
     for start in range(0, batch.shape[0], fixed):
-        chunk = batch[start : start + fixed]
-        count = chunk.shape[0]
+        chunks = [a[start : start + fixed] for a in (batch, *more)]
+        count = chunks[0].shape[0]
         if count < fixed:
-            pad = np.zeros((fixed - count, *chunk.shape[1:]), dtype=chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        outputs.append(np.asarray(run(chunk))[:count])
+            chunks = [
+                np.concatenate([c, np.zeros((fixed - count, *c.shape[1:]), dtype=c.dtype)])
+                for c in chunks
+            ]
+        outputs.append(np.asarray(run(*chunks))[:count])
     return np.concatenate(outputs)
+
+
+def prompt_feed(card: ModelCard, batch: np.ndarray, prompt: np.ndarray | None) -> np.ndarray | None:
+    """The prompt maps to feed with ``batch`` in the model's layout, or None for a model
+    without a prompt input (which must not be given one: the pipeline refuses earlier)."""
+    if not card.promptable:
+        if prompt is not None:
+            raise ModelError(f"model {card.name} has no prompt input")
+        return None
+    if prompt is None:
+        prompt = np.zeros((batch.shape[0], PROMPT_CHANNELS, *batch.shape[2:]), np.float32)
+    if prompt.shape[0] != batch.shape[0] or prompt.shape[2:] != batch.shape[2:]:
+        raise ModelError(f"prompt maps {prompt.shape} do not fit the batch {batch.shape}")
+    return to_layout(prompt, card.layout)

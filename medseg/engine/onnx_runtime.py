@@ -14,7 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from medseg.engine.batching import run_in_fixed_batches, to_layout, to_nchw_logits
+from medseg.engine.batching import (
+    prompt_feed,
+    run_in_fixed_batches,
+    to_layout,
+    to_nchw_logits,
+)
 from medseg.errors import EngineUnavailableError, ModelError
 from medseg.modelcard import ModelCard
 
@@ -150,11 +155,25 @@ class OnnxRuntimeEngine:
         except Exception as exc:  # onnxruntime raises its own untyped errors for bad files
             raise ModelError(f"cannot load ONNX model {model_path}: {exc}") from exc
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
-        if len(inputs) != 1 or not outputs:
-            raise ModelError(f"{model_path}: expected one input and an output, got {len(inputs)}")
-        self._input = inputs[0].name
+        wanted = 2 if card.promptable else 1
+        if len(inputs) != wanted or not outputs:
+            raise ModelError(
+                f"{model_path}: expected {wanted} input(s) and an output, got {len(inputs)}"
+                + (" (is the model card's prompt_input right?)" if len(inputs) in (1, 2) else "")
+            )
+        names = [i.name for i in inputs]
+        if card.promptable:
+            if sorted(names) != sorted([card.input_name, card.prompt_input]):
+                raise ModelError(
+                    f"{model_path}: inputs {names} are not the model card's "
+                    f"{card.input_name!r} and {card.prompt_input!r}"
+                )
+            image_input = inputs[names.index(card.input_name)]
+        else:
+            image_input = inputs[0]
+        self._input = image_input.name
         self._output = outputs[0].name
-        self._fixed_batch = self._check_input_shape(inputs[0].shape, model_path)
+        self._fixed_batch = self._check_input_shape(image_input.shape, model_path)
         used = self._session.get_providers()
         self.name = "onnxruntime-" + used[0].removesuffix("ExecutionProvider").lower()
         log.info("opened %s with %s (batch %s)", model_path, used, self._fixed_batch or "dynamic")
@@ -194,23 +213,28 @@ class OnnxRuntimeEngine:
             )
         return model_batch or card.batch
 
-    def _run_raw(self, batch: np.ndarray) -> np.ndarray:
+    def _run_raw(self, batch: np.ndarray, prompt: np.ndarray | None = None) -> np.ndarray:
         session = self._session  # a call already running keeps its session through close()
         if session is None:
             raise ModelError("onnxruntime engine used after close()")
+        feed = {self._input: batch}
+        if prompt is not None:
+            feed[self.card.prompt_input] = prompt
         try:
-            return session.run([self._output], {self._input: batch})[0]
+            return session.run([self._output], feed)[0]
         except Exception as exc:  # onnxruntime's errors carry no useful type
             raise ModelError(f"ONNX Runtime inference failed: {exc}") from exc
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        """(N, C, H, W) float32 -> (N, 1, H, W) float32."""
+    def run(self, batch: np.ndarray, prompt: np.ndarray | None = None) -> np.ndarray:
+        """(N, C, H, W) float32 (and (N, 2, H, W) prompt maps) -> (N, 1, H, W) float32."""
         n = batch.shape[0]
         feed = to_layout(batch, self.card.layout)
+        prompts = prompt_feed(self.card, batch, prompt)
+        more = () if prompts is None else (prompts,)
         raw = (
-            run_in_fixed_batches(self._run_raw, feed, self._fixed_batch)
+            run_in_fixed_batches(self._run_raw, feed, self._fixed_batch, *more)
             if self._fixed_batch
-            else self._run_raw(feed)
+            else self._run_raw(feed, *more)
         )
         return to_nchw_logits(raw, n, self.card.input_size, self.card.layout)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,17 +68,29 @@ def load_checkpoint(
     name = data.get("config_name")
     if stored is not None:
         stored_cfg = resolve_config(stored)
-        if config is not None and resolve_config(config) != stored_cfg:
-            raise ConfigError(f"checkpoint {path} was made for a different config than {config}")
         cfg = stored_cfg
+        if config is not None and resolve_config(config) != stored_cfg:
+            wanted = resolve_config(config)
+            if replace(wanted, prompt_channels=0) != stored_cfg:
+                raise ConfigError(
+                    f"checkpoint {path} was made for a different config than {config}"
+                )
+            cfg = wanted  # a prompt-free checkpoint as the start of its promptable twin
+            name = config if isinstance(config, str) else None
     elif config is None:
         raise ConfigError(f"checkpoint {path} does not store its config: pass --config NAME")
     else:
         cfg = resolve_config(config)
         name = config if isinstance(config, str) else None
     model = SAM2UNet(cfg)
+    state = data["model"]
+    if cfg.promptable and not any(k.startswith("prompt_embed.") for k in state):
+        # a published (prompt-free) checkpoint as the start of a promptable model: every
+        # published key must fit strictly; the prompt embedding keeps its zero start
+        state = {**model.prompt_embed.state_dict(prefix="prompt_embed."), **state}
+        log.info("%s has no prompt embedding: it starts at zero (automatic behaviour)", path)
     try:
-        model.load_state_dict(data["model"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]

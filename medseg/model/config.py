@@ -19,7 +19,10 @@ class Sam2UnetConfig:
 
     The first six fields are SAM2's own Hiera hyper-parameters. ``decoder_channels`` (RFB and
     Up block width) and ``adapter_dim`` are 64 and 32 in the published model; smaller values
-    give cheaper models of the same architecture.
+    give cheaper models of the same architecture. ``prompt_channels`` 0 is the published,
+    automatic-only network; 2 adds a dense prompt input (positive and negative evidence maps,
+    ``medseg.model.prompt_embed``) whose embedding is added to the patch embedding, as SAM
+    adds its dense prompt to the image embedding. An all-zero prompt is automatic mode.
     """
 
     embed_dim: int
@@ -30,6 +33,7 @@ class Sam2UnetConfig:
     window_pos_embed_bkg_spatial_size: tuple[int, int]
     decoder_channels: int = 64
     adapter_dim: int = 32
+    prompt_channels: int = 0
 
     def __post_init__(self) -> None:
         if len(self.stages) != 4 or min(self.stages) < 1:
@@ -44,6 +48,8 @@ class Sam2UnetConfig:
         for name in ("embed_dim", "num_heads", "decoder_channels", "adapter_dim"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SAM2-UNet config: {name} must be positive")
+        if self.prompt_channels not in (0, 2):
+            raise ConfigError("SAM2-UNet config: prompt_channels must be 0 (none) or 2")
         if self.embed_dim % self.num_heads:
             raise ConfigError("SAM2-UNet config: embed_dim must be divisible by num_heads")
 
@@ -56,8 +62,15 @@ class Sam2UnetConfig:
         """Channel width of each stage output (the RFB input channels)."""
         return tuple(self.embed_dim * 2**i for i in range(4))  # type: ignore[return-value]
 
+    @property
+    def promptable(self) -> bool:
+        return self.prompt_channels > 0
+
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if not self.prompt_channels:  # the published configs' dicts stay as they were
+            del data["prompt_channels"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Sam2UnetConfig:
@@ -89,6 +102,8 @@ NAMED_CONFIGS: dict[str, Sam2UnetConfig] = {
     "micro": Sam2UnetConfig(16, 1, (1, 2, 2, 1), (4,), (8, 4, 16, 8), (7, 7)),
     # The bundled phantom model: micro's trunk with a half-width decoder (CPU-trainable).
     "phantom": Sam2UnetConfig(16, 1, (1, 2, 2, 1), (4,), (8, 4, 16, 8), (7, 7), 32, 16),
+    # The promptable phantom model: the same network plus the dense prompt input.
+    "phantom_prompt": Sam2UnetConfig(16, 1, (1, 2, 2, 1), (4,), (8, 4, 16, 8), (7, 7), 32, 16, 2),
 }
 
 

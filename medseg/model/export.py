@@ -21,13 +21,14 @@ import numpy as np
 import torch
 
 from medseg.errors import ModelError, OutputError
-from medseg.model.sam2unet import LogitsOnly, SAM2UNet
+from medseg.model.sam2unet import LogitsOnly, PromptedLogitsOnly, SAM2UNet
 from medseg.modelcard import ModelCard, card_path_for
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
 MAX_DYNAMIC_BATCH = 64
+PROMPT_INPUT = "prompt"  # the second input of a promptable model (medseg.prompt_maps)
 
 
 @dataclass(frozen=True)
@@ -81,20 +82,31 @@ def export_onnx(
     """Write ``model`` as a single-file ONNX graph at ``path`` (atomically)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapped = LogitsOnly(model).eval()
-    example = torch.zeros(1 if static else 2, 3, *input_size)
-    dynamic = (
-        None if static else {"image": {0: torch.export.Dim("N", min=1, max=MAX_DYNAMIC_BATCH)}}
-    )
+    n = 1 if static else 2
+    batch_dim = torch.export.Dim("N", min=1, max=MAX_DYNAMIC_BATCH)
+    if model.config.promptable:
+        # a second input, prompt (N, 2, H, W), with the same batch axis as the image
+        wrapped: torch.nn.Module = PromptedLogitsOnly(model).eval()
+        example: tuple[torch.Tensor, ...] = (
+            torch.zeros(n, 3, *input_size),
+            torch.zeros(n, model.config.prompt_channels, *input_size),
+        )
+        names = ["image", PROMPT_INPUT]
+        dynamic = None if static else {"image": {0: batch_dim}, "prompt": {0: batch_dim}}
+    else:
+        wrapped = LogitsOnly(model).eval()
+        example = (torch.zeros(n, 3, *input_size),)
+        names = ["image"]
+        dynamic = None if static else {"image": {0: batch_dim}}
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         tmp_path = Path(tmp) / path.name
         try:
             with _quiet():
                 torch.onnx.export(
                     wrapped,
-                    (example,),
+                    example,
                     str(tmp_path),
-                    input_names=["image"],
+                    input_names=names,
                     output_names=["logits"],
                     dynamo=True,
                     dynamic_shapes=dynamic,
@@ -154,24 +166,37 @@ def ort_session(path: Path, threads: int | None = None) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def torch_logits(model: SAM2UNet, batch: np.ndarray, chunk: int = 4) -> np.ndarray:
-    """PyTorch eval-mode ``out`` logits for a float32 (n, C, H, W) batch."""
+def torch_logits(
+    model: SAM2UNet, batch: np.ndarray, chunk: int = 4, prompt: np.ndarray | None = None
+) -> np.ndarray:
+    """PyTorch eval-mode ``out`` logits for a float32 (n, C, H, W) batch (and prompt maps)."""
     model.eval()
     outs = []
     with torch.inference_mode():
         for start in range(0, len(batch), chunk):
-            outs.append(model(torch.from_numpy(batch[start : start + chunk]))[0].numpy())
+            maps = None if prompt is None else torch.from_numpy(prompt[start : start + chunk])
+            image = torch.from_numpy(batch[start : start + chunk])
+            outs.append(model(image, maps)[0].numpy())
     return np.concatenate(outs)
 
 
 def onnx_logits(
-    session: Any, batch: np.ndarray, static: bool = False, chunk: int = 4
+    session: Any,
+    batch: np.ndarray,
+    static: bool = False,
+    chunk: int = 4,
+    prompt: np.ndarray | None = None,
 ) -> np.ndarray:
     step = 1 if static else chunk
-    outs = [
-        session.run(["logits"], {"image": batch[start : start + step]})[0]
-        for start in range(0, len(batch), step)
-    ]
+    takes_prompt = any(i.name == PROMPT_INPUT for i in session.get_inputs())
+    if takes_prompt and prompt is None:
+        prompt = np.zeros((len(batch), 2, *batch.shape[2:]), np.float32)
+    outs = []
+    for start in range(0, len(batch), step):
+        feed = {"image": batch[start : start + step]}
+        if takes_prompt:
+            feed[PROMPT_INPUT] = prompt[start : start + step]  # type: ignore[index]
+        outs.append(session.run(["logits"], feed)[0])
     return np.concatenate(outs).astype(np.float32)
 
 
@@ -188,7 +213,11 @@ def check_parity(
     session = ort_session(path)
     rng = np.random.default_rng(seed)
     random = rng.standard_normal((1 if static else 2, 3, *input_size)).astype(np.float32)
-    diff_random, scale = _compare(model, session, random, static)
+    prompt = None
+    if model.config.promptable:  # random binary maps: the prompt path is checked too
+        shape = (len(random), model.config.prompt_channels, *input_size)
+        prompt = (rng.random(shape) < 0.05).astype(np.float32)
+    diff_random, scale = _compare(model, session, random, static, prompt)
     diff_real = None
     if real is not None and len(real):
         diff_real, scale_real = _compare(model, session, real, static)
@@ -197,11 +226,18 @@ def check_parity(
 
 
 def _compare(
-    model: SAM2UNet, session: Any, images: np.ndarray, static: bool
+    model: SAM2UNet,
+    session: Any,
+    images: np.ndarray,
+    static: bool,
+    prompt: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """(max |ONNX Runtime - PyTorch|, max |PyTorch logit|) on ``images``."""
-    reference = torch_logits(model, images)
-    diff = float(np.abs(onnx_logits(session, images, static) - reference).max())
+    if model.config.promptable and prompt is None:
+        prompt = np.zeros((len(images), model.config.prompt_channels, *images.shape[2:]), "f4")
+    reference = torch_logits(model, images, prompt=prompt)
+    got = onnx_logits(session, images, static, prompt=prompt)
+    diff = float(np.abs(got - reference).max())
     return diff, float(np.abs(reference).max())
 
 
@@ -231,6 +267,7 @@ def build_card(
         base,
         architecture="SAM2-UNet",
         input_name="image",
+        prompt_input=PROMPT_INPUT if model.config.promptable else "",
         output_name="logits",
         output="logits",
         layout="NCHW",

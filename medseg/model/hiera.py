@@ -195,9 +195,12 @@ class Hiera(nn.Module):
         pos = pos + self.pos_embed_window.tile(1, 1, h // w0, w // w0)
         return pos.permute(0, 2, 3, 1)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, prompt: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """``prompt``: optional (B, H/4, W/4, C) prompt tokens added to the patch embedding."""
         x = self.patch_embed(x)  # (B, H/4, W/4, C)
         x = x + self._pos_embed(x.shape[1], x.shape[2])
+        if prompt is not None:
+            x = x + prompt
         outputs = []
         for i, block in enumerate(self.blocks):
             x = block(x)

@@ -64,14 +64,17 @@ class QuantizationReport:
 class _SliceReader:
     """ONNX Runtime's CalibrationDataReader over preprocessed slices, one at a time."""
 
-    def __init__(self, slices: np.ndarray) -> None:
+    def __init__(self, slices: np.ndarray, prompt: bool = False) -> None:
         self._slices = slices
+        self._prompt = prompt  # a promptable model calibrates in automatic mode (zero maps)
         self._index = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._index >= len(self._slices):
             return None
         item = {"image": self._slices[self._index : self._index + 1]}
+        if self._prompt:
+            item["prompt"] = _zero_prompt(item["image"])
         self._index += 1
         return item
 
@@ -120,7 +123,7 @@ def _quantize_into(
             quantize_static(
                 str(prepared),
                 str(out_path),
-                _SliceReader(calibration),  # type: ignore[arg-type]
+                _SliceReader(calibration, _takes_prompt(prepared)),  # type: ignore[arg-type]
                 quant_format=QuantFormat.QDQ,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
@@ -141,6 +144,17 @@ def _quantize_into(
     return "dynamic"
 
 
+def _zero_prompt(images: np.ndarray) -> np.ndarray:
+    return np.zeros((len(images), 2, *images.shape[2:]), dtype=np.float32)
+
+
+def _takes_prompt(path: Path) -> bool:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(i.name == "prompt" for i in graph.input)
+
+
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice of two boolean masks; 1.0 when both are empty (they agree)."""
     total = int(a.sum()) + int(b.sum())
@@ -150,9 +164,13 @@ def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
 def _run_timed(session: Any, batch: np.ndarray) -> tuple[np.ndarray, float]:
     """Logits slice by slice (batch 1, as served) and the median ms per slice."""
     outs, times = [], []
+    prompt = any(i.name == "prompt" for i in session.get_inputs())
     for i in range(len(batch)):
+        feed = {"image": batch[i : i + 1]}
+        if prompt:
+            feed["prompt"] = _zero_prompt(feed["image"])
         start = time.perf_counter()
-        outs.append(session.run(["logits"], {"image": batch[i : i + 1]})[0])
+        outs.append(session.run(["logits"], feed)[0])
         times.append((time.perf_counter() - start) * 1000.0)
     return np.concatenate(outs), float(np.median(times))
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from medseg.model.config import Sam2UnetConfig, resolve_config
 from medseg.model.hiera import Hiera
+from medseg.model.prompt_embed import PromptEmbed
 
 
 class BasicConv2d(nn.Module):
@@ -94,7 +95,12 @@ class Up(nn.Module):
 
 
 class SAM2UNet(nn.Module):
-    """The full network; (B, 3, H, W) normalised image -> three (B, 1, H, W) logit maps."""
+    """The full network; (B, 3, H, W) normalised image -> three (B, 1, H, W) logit maps.
+
+    A promptable config (``prompt_channels`` 2) also takes ``prompt`` (B, 2, H, W); left
+    out, it is all zero (automatic mode). The prompt-free network has no prompt module, so
+    its state_dict keys are exactly the published checkpoints'.
+    """
 
     def __init__(self, config: Sam2UnetConfig) -> None:
         super().__init__()
@@ -109,9 +115,21 @@ class SAM2UNet(nn.Module):
         self.side1 = nn.Conv2d(c, 1, kernel_size=1)
         self.side2 = nn.Conv2d(c, 1, kernel_size=1)
         self.head = nn.Conv2d(c, 1, kernel_size=1)
+        if config.promptable:
+            self.prompt_embed = PromptEmbed(config.prompt_channels, config.embed_dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x1, x2, x3, x4 = self.encoder(x)  # strides 4, 8, 16, 32
+    def forward(
+        self, x: torch.Tensor, prompt: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tokens = None
+        if self.config.promptable:
+            if prompt is None:
+                b, _, h, w = x.shape
+                prompt = x.new_zeros((b, self.config.prompt_channels, h, w))
+            tokens = self.prompt_embed(prompt)
+        elif prompt is not None:
+            raise ValueError("this SAM2-UNet has no prompt input (prompt_channels 0)")
+        x1, x2, x3, x4 = self.encoder(x, tokens)  # strides 4, 8, 16, 32
         x1, x2, x3, x4 = self.rfb1(x1), self.rfb2(x2), self.rfb3(x3), self.rfb4(x4)
         x = self.up1(x4, x3)
         out1 = _upsample(self.side1(x), 16)
@@ -133,7 +151,8 @@ def _upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 def build_sam2unet(config: str | Mapping[str, Any] | Sam2UnetConfig) -> SAM2UNet:
     """A SAM2-UNet for a named config (``hiera_l``, ``hiera_b+``, ``hiera_s``, ``hiera_t``,
-    ``micro``, ``phantom``) or a dict of ``Sam2UnetConfig`` fields; weights are random."""
+    ``micro``, ``phantom``, ``phantom_prompt``) or a dict of ``Sam2UnetConfig`` fields;
+    weights are random."""
     return SAM2UNet(resolve_config(config))
 
 
@@ -146,3 +165,14 @@ class LogitsOnly(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model(image)[0]
+
+
+class PromptedLogitsOnly(nn.Module):
+    """The exported graph of a promptable SAM2UNet: (image, prompt) -> ``out``."""
+
+    def __init__(self, model: SAM2UNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+        return self.model(image, prompt)[0]

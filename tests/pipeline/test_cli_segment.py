@@ -61,7 +61,7 @@ def test_cli_segment_writes_seg_and_preview(
 
 
 def test_cli_box_prompt_and_options(
-    tmp_path: Path, bright_model: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, prompted_bright_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     series = _series(tmp_path / "ct")
     out = tmp_path / "seg.dcm"
@@ -72,9 +72,9 @@ def test_cli_box_prompt_and_options(
             "-o",
             str(out),
             "--model",
-            str(bright_model),
+            str(prompted_bright_model),
             "--box",
-            "12,10,23,29@1-4",
+            "12,10,23,29@2-3",
             "--window",
             "100/200",
             "--largest",
@@ -87,7 +87,8 @@ def test_cli_box_prompt_and_options(
         ]
     )
     assert code == 0, capsys.readouterr().err
-    ml = 4 * 20 * 12 * 2.5 * 0.8 * 0.7 / 1000  # the half of the block inside the box
+    # the block the box sits on, on the box's two slices only (a range is not propagated)
+    ml = 2 * 20 * 24 * 2.5 * 0.8 * 0.7 / 1000
     assert f"{ml:.2f} ml" in capsys.readouterr().out
 
 
@@ -100,7 +101,10 @@ def _error(capsys: pytest.CaptureFixture[str], argv: list[str], code: int, words
 
 
 def test_cli_errors_are_one_line_with_exit_codes_and_leave_no_output(
-    tmp_path: Path, bright_model: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    bright_model: Path,
+    prompted_bright_model: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
@@ -120,7 +124,9 @@ def test_cli_errors_are_one_line_with_exit_codes_and_leave_no_output(
     _error(capsys, ["segment", str(one), "-o", out, *missing], 4, "model file not found")
     _error(capsys, ["segment", str(one), "-o", out, *model, "--window", "wide"], 3, "window")
     _error(capsys, ["segment", str(one), "-o", out, *model, "--box", "1,2,3"], 5, "--box")
-    _error(capsys, ["segment", str(one), "-o", out, *model, "--point", "5,5,6"], 5, "outside")
+    _error(capsys, ["segment", str(one), "-o", out, *model, "--point", "5,5,1"], 5, "no prompts")
+    prompted = ["--model", str(prompted_bright_model), "--no-progress"]
+    _error(capsys, ["segment", str(one), "-o", out, *prompted, "--point", "5,5,6"], 5, "outside")
     _error(capsys, ["segment", str(one), "-o", out, *model, "--threshold", "1.5"], 3, "threshold")
     assert series.is_dir()
     assert _outputs(out_dir) == []
@@ -187,7 +193,7 @@ def test_cli_progress_bar_goes_to_stderr(
 
 
 def test_cli_mm_point_with_negative_coordinates(
-    tmp_path: Path, bright_model: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, prompted_bright_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Two blocks; a positive LPS point (all coordinates negative) keeps only the first."""
     values = np.zeros(SHAPE)
@@ -204,10 +210,8 @@ def test_cli_mm_point_with_negative_coordinates(
         "-o",
         str(out),
         "--model",
-        str(bright_model),
+        str(prompted_bright_model),
         f"--point-mm={x},{y},{z}",
-        "--point-crop",
-        "60",
         "--window=100/200",
         "--no-progress",
     ]

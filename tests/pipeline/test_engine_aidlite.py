@@ -35,6 +35,9 @@ class FakeSdk:
         self.calls: list[str] = []
         self.failures = failures or {}
         self.in_shape: list[int] | None = None
+        self.in_shapes: list[list[int]] = []
+        self.image: np.ndarray | None = None
+        self.prompt: np.ndarray | None = None
         self.config: Any = None
         self.output: np.ndarray | None = None
         self.reuse_buffer = False  # hand out one output buffer, overwritten by each input
@@ -69,24 +72,34 @@ def make_fake_aidlite(sdk: FakeSdk) -> types.ModuleType:
             return sdk.result("load_model", 0)
 
         def set_input_tensor(self, index: int, array: np.ndarray) -> int:
-            assert index == 0
+            assert index < len(sdk.in_shapes)
             assert isinstance(array, np.ndarray) and array.dtype == np.float32
             assert array.flags.c_contiguous
-            assert list(array.shape) == sdk.in_shape, (array.shape, sdk.in_shape)
+            expected = sdk.in_shapes[index]
+            assert list(array.shape) == expected, (array.shape, expected)
+            if index == 1:  # a promptable model's prompt maps, after the image
+                sdk.prompt = array
+                return sdk.result("set_input_tensor(1)", 0)
             with sdk.guard:
                 sdk.in_flight += 1
                 sdk.overlaps += sdk.in_flight > 1
-            nchw = array.transpose(0, 3, 1, 2)  # the fake model is NHWC like Model Farm's
-            flat = bright_logits(nchw).ravel()  # flat, as the SDK returns it
-            if sdk.reuse_buffer and sdk.output is not None and sdk.output.size == flat.size:
-                sdk.output[...] = flat
-            else:
-                sdk.output = flat
+            sdk.image = array
+            sdk.prompt = None
             return sdk.result("set_input_tensor", 0)
 
         def invoke(self) -> int:
             if sdk.invoke_delay:
                 time.sleep(sdk.invoke_delay)
+            nchw = sdk.image.transpose(0, 3, 1, 2)  # the fake model is NHWC like Model Farm's
+            logits = bright_logits(nchw)
+            if sdk.prompt is not None:  # the fake promptable model: bright inside the prompt
+                inside = sdk.prompt.transpose(0, 3, 1, 2)[:, :1] > 0
+                logits = np.where(inside, logits, -10.0).astype(np.float32)
+            flat = logits.ravel()  # flat, as the SDK returns it
+            if sdk.reuse_buffer and sdk.output is not None and sdk.output.size == flat.size:
+                sdk.output[...] = flat
+            else:
+                sdk.output = flat
             return sdk.result("invoke", 0)
 
         def get_output_tensor(self, index: int) -> Any:
@@ -110,6 +123,7 @@ def make_fake_aidlite(sdk: FakeSdk) -> types.ModuleType:
             assert in_type is module.DataType.TYPE_FLOAT32
             assert out_type is module.DataType.TYPE_FLOAT32
             sdk.in_shape = in_shapes[0]
+            sdk.in_shapes = [list(s) for s in in_shapes]
             return sdk.result("set_model_properties", None)
 
     class InterpreterBuilder:
@@ -306,3 +320,36 @@ def test_aidlite_engine_shared_by_threads_takes_turns(
     engine.close()
     with pytest.raises(ModelError, match="after close"):
         engine.run(batches[0])
+
+
+def test_a_promptable_model_gets_its_prompt_as_the_second_input(
+    monkeypatch: pytest.MonkeyPatch, model_file: Path
+) -> None:
+    """Both inputs are declared (image, then prompt, in the card's layout) and fed per
+    chunk; without prompt maps the adapter feeds zeros (automatic mode)."""
+    sdk = _install(monkeypatch)
+    engine = open_engine(model_file, _card(prompt_input="prompt", batch=2), backend="aidlite")
+    assert sdk.in_shapes == [[2, *SIZE, 3], [2, *SIZE, 2]]
+    rng = np.random.default_rng(0)
+    batch = rng.normal(size=(3, 3, *SIZE)).astype(np.float32)
+    prompt = np.zeros((3, 2, *SIZE), dtype=np.float32)
+    prompt[:, 0, 4:10, 5:12] = 1.0
+    out = engine.run(batch, prompt)
+    expected = np.where(prompt[:, :1] > 0, bright_logits(batch), -10.0)
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert sdk.calls.count("set_input_tensor(1)") == 2  # two chunks of the compiled batch 2
+    auto = engine.run(batch)
+    np.testing.assert_allclose(auto, np.full_like(auto, -10.0))  # zero maps: nothing inside
+    engine.close()
+
+
+def test_a_prompt_free_model_refuses_prompt_maps(
+    monkeypatch: pytest.MonkeyPatch, model_file: Path
+) -> None:
+    sdk = _install(monkeypatch)
+    engine = open_engine(model_file, _card(), backend="aidlite")
+    assert len(sdk.in_shapes) == 1
+    batch = np.zeros((1, 3, *SIZE), dtype=np.float32)
+    with pytest.raises(ModelError, match="no prompt input"):
+        engine.run(batch, np.zeros((1, 2, *SIZE), dtype=np.float32))
+    engine.close()

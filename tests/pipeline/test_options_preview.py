@@ -25,8 +25,6 @@ from tests.pipeline.helpers import balls, make_volume
         {"seg_type": "LABELMAP"},
         {"series_number": 0},
         {"min_component_mm3": -1.0},
-        {"point_crop_mm": 0.0},
-        {"box_margin": -0.1},
     ],
 )
 def test_bad_segment_options_are_config_errors(fields: dict) -> None:

@@ -1,0 +1,180 @@
+"""The procedural generator: scenes, training samples with simulated prompts, series.
+
+Every value a test asserts is computed from the scene's own geometry, so the tests hold
+for any seed and catch a renderer that puts lesions, labels or contrast in the wrong place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from medseg.modelcard import ModelCard
+from medseg.synthetic.samples import SampleConfig, SampleStream, draw_sample, render_slab
+from medseg.synthetic.scene import random_scene, render
+from medseg.synthetic.series import write_scene_series
+from medseg.synthetic.shapes import FAMILIES, Lobulated, Metaball, Rippled
+
+CARD = ModelCard(name="t", slice_context_mm=2.5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_every_family_renders_visible_lesions_deterministically(family: str, modality: str):
+    scene = random_scene(11, family, modality, lesion_free=0.0)
+    assert scene.lesions
+    zs = np.array([_anchor_z(scene.lesions[0].shape)])
+    image, labels = render(scene, zs, 128, 128, noise_seed=1)
+    again, labels_again = render(scene, zs, 128, 128, noise_seed=1)
+    np.testing.assert_array_equal(image, again)
+    np.testing.assert_array_equal(labels, labels_again)
+    assert np.isfinite(image).all() and labels.max() <= len(scene.lesions)
+    if modality == "MR":
+        assert image.min() >= 0.0  # magnitude images
+    for number in np.unique(labels[labels > 0]):
+        inside = labels[0] == number
+        ring = ndimage.binary_dilation(inside, iterations=3) & ~ndimage.binary_dilation(inside)
+        if inside.sum() < 20 or labels[0][ring].any():
+            continue
+        # the lesion differs from what surrounds it by at least its noise
+        assert abs(np.median(image[0][inside]) - np.median(image[0][ring])) > scene.noise
+
+
+def _anchor_z(shape) -> float:
+    centre = getattr(shape, "centre", None)
+    return float(centre[0] if centre is not None else np.mean(np.asarray(shape.centres)[:, 0]))
+
+
+def test_the_three_families_use_three_shape_models():
+    kinds = {
+        f: {type(l.shape) for l in random_scene(3, f, "CT", lesions=(4, 4), lesion_free=0).lesions}
+        for f in FAMILIES
+    }  # noqa: E501
+    assert kinds["lobulated"] == {Lobulated}
+    assert kinds["metaball"] == {Metaball}
+    assert kinds["rippled"] == {Rippled}
+
+
+def test_a_lesion_has_the_same_size_in_mm_on_any_grid():
+    scene = random_scene(5, "lobulated", "CT", lesion_free=0.0, lesion_mm=(20, 30))
+    z = np.array([_anchor_z(scene.lesions[0].shape)])
+    areas = []
+    for n in (128, 384):
+        _, labels = render(scene, z, n, n)
+        areas.append((labels == 1).sum() * (scene.fov_mm / n) ** 2)
+    assert areas[0] > 50.0
+    assert abs(areas[0] - areas[1]) / areas[1] < 0.1
+
+
+def test_a_zoomed_render_shows_the_same_place_at_a_finer_grid():
+    scene = random_scene(5, "metaball", "CT", lesion_free=0.0, fov_mm=400.0)
+    z = np.array([_anchor_z(scene.lesions[0].shape)])
+    _, whole = render(scene, z, 400, 400)  # 1 mm pixels, centred on (0, 0)
+    _, zoom = render(scene, z, 100, 100, fov_mm=100.0, centre=(-50.0, 50.0))
+    # zoom covers y -100..0, x 0..100: rows 100-199, cols 200-299 of the whole grid
+    np.testing.assert_array_equal(zoom[0] > 0, whole[0, 100:200, 200:300] > 0)
+
+
+def _slab(family: str = "lobulated", seed: int = 2):
+    rng = np.random.default_rng(0)
+    scene = random_scene(seed, family, "CT", lesions=(3, 4), lesion_free=0.0)
+    for _ in range(20):
+        slab = render_slab(rng, scene, CARD, 2.0, zoom=False)
+        if len(np.unique(slab.labels)) > 2:
+            return slab
+    pytest.fail("no slice with two lesions")
+
+
+def test_simulated_prompts_point_at_one_lesion_and_target_only_it():
+    slab = _slab()
+    rng = np.random.default_rng(1)
+    seen = set()
+    for _ in range(60):
+        only = SampleConfig(auto_share=0.0, point_share=1.0, box_share=0.0, negative_share=0.0)
+        unit, prompt, target = draw_sample(rng, slab, only)
+        assert unit.shape == (3, *CARD.input_size) and prompt.shape == (2, *CARD.input_size)
+        numbers = np.unique(slab.labels[target > 0])
+        assert len(numbers) == 1  # one lesion, all of it
+        np.testing.assert_array_equal(target > 0, slab.labels == numbers[0])
+        assert (prompt[0] > 0).sum() and not prompt[1].any()
+        centre = np.argwhere(prompt[0] > 0).mean(axis=0).round().astype(int)
+        assert target[tuple(centre)] > 0  # the click lies in the target
+        seen.add(int(numbers[0]))
+    assert len(seen) >= 2
+
+
+def test_simulated_boxes_cover_their_lesion_and_auto_targets_every_lesion():
+    slab = _slab()
+    rng = np.random.default_rng(2)
+    boxes = SampleConfig(auto_share=0.0, point_share=0.0, box_share=1.0, negative_share=0.0)
+    for _ in range(20):
+        _, prompt, target = draw_sample(rng, slab, boxes)
+        covered = (prompt[0] > 0)[target > 0].mean()
+        # a jittered box may clip a rim (a pixel of a tiny lesion), never most of it
+        assert covered > 0.5
+        rows, cols = np.nonzero(prompt[0])
+        area = (np.ptp(rows) + 1) * (np.ptp(cols) + 1)
+        assert area < 4 * max(int((target > 0).sum()), 16)  # and it is a box around it
+    auto = SampleConfig(auto_share=1.0, point_share=0.0, box_share=0.0)
+    _, prompt, target = draw_sample(rng, slab, auto)
+    assert not prompt.any()
+    np.testing.assert_array_equal(target > 0, slab.labels > 0)
+
+
+def test_negative_clicks_never_land_on_the_target():
+    slab = _slab()
+    rng = np.random.default_rng(3)
+    config = SampleConfig(auto_share=0.0, point_share=1.0, box_share=0.0, negative_share=1.0)
+    for _ in range(30):
+        _, prompt, target = draw_sample(rng, slab, config)
+        assert prompt[1].any()
+        centre = tuple(np.argwhere(prompt[1] > 0).mean(axis=0).round().astype(int))
+        assert target[centre] == 0
+
+
+def test_neighbour_mask_prompts_teach_where_a_lesion_ends():
+    slab = _slab()
+    rng = np.random.default_rng(4)
+    config = SampleConfig(auto_share=0.0, point_share=0.0, box_share=0.0, negative_share=0.0)
+    for _ in range(10):
+        _, prompt, target = draw_sample(rng, slab, config)
+        if prompt[0].any():  # the prompt is a neighbouring slice's mask of one lesion
+            numbers = np.unique(slab.labels[target > 0])
+            assert len(numbers) <= 1
+
+
+def test_the_stream_is_reproducible_and_mixes_modalities():
+    config = SampleConfig(pool=4, draws_per_slab=1)
+    first = SampleStream(config, CARD, seed=5).batch(6)
+    second = SampleStream(config, CARD, seed=5).batch(6)
+    for a, b in zip(first, second, strict=True):
+        np.testing.assert_array_equal(a, b)
+    units = first[0]
+    assert units.shape == (6, 3, *CARD.input_size) and 0.0 <= units.min() and units.max() <= 1.0
+
+
+def test_a_written_series_loads_back_with_its_truth(tmp_path: Path):
+    from medseg.dicom import load_series
+    from medseg.maskio import mask_on_volume
+
+    truth, labels = write_scene_series(
+        tmp_path / "s", 7, "rippled", "MR", max_matrix=160, lesion_free=0.0
+    )  # noqa: E501
+    volume = load_series(truth.series_dir).volume
+    assert volume.modality == "MR" and volume.shape == labels.shape
+    np.testing.assert_allclose(volume.spacing, truth.spacing, rtol=1e-4)
+    seg = mask_on_volume(truth.seg_path, volume)
+    np.testing.assert_array_equal(seg > 0, labels > 0)
+    assert truth.lesions
+    for lesion in truth.lesions:
+        r, c = lesion.centre
+        assert labels[lesion.key_slice, r, c] == lesion.number
+        r0, c0, r1, c1 = lesion.box
+        on_slice = labels[lesion.key_slice] == lesion.number
+        assert on_slice[r0 : r1 + 1, c0 : c1 + 1].sum() == on_slice.sum()
+    record = json.loads((tmp_path / "s" / "truth.json").read_text())
+    assert record["family"] == "rippled" and len(record["lesions"]) == len(truth.lesions)
