@@ -27,7 +27,7 @@ import numpy as np
 from medseg.dicom import load_series
 from medseg.pipeline import SegmentOptions, load_model, segment_volume_result
 from medseg.prompts import BoxPrompt, PointPrompt
-from medseg.synthetic.series import write_scene_series
+from medseg.synthetic.series import read_scene_truth, write_scene_series
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -68,6 +68,25 @@ def evaluate_series(model, truth, labels, flips) -> dict:
     return row
 
 
+def _phantom_truth(root: Path, seed: int):
+    """A series of ``medseg phantom`` (written with --seed, one folder per seed), with its
+    lesions numbered as the generator numbers them."""
+    from medseg.phantom import generate_phantom
+    from medseg.synthetic.series import SeriesTruth, lesion_truths
+
+    folder = root / f"phantom_{seed:05d}"
+    phantom = generate_phantom(seed)
+    labels = phantom.lesion_ids.astype(np.uint8)
+    spacing = phantom.spacing
+    kinds = tuple("phantom" for _ in phantom.lesion_list)
+    ml = float(np.prod(spacing)) / 1000.0
+    truth = SeriesTruth(
+        folder, folder / "ct", folder / "truth.seg.dcm", "phantom", "CT", labels.shape,
+        spacing, lesion_truths(labels, kinds, ml),
+    )  # fmt: skip
+    return truth, labels
+
+
 def _span(text: str) -> range:
     lo, _, hi = text.partition("-")
     return range(int(lo), int(hi or lo) + 1)
@@ -91,7 +110,12 @@ def main() -> int:
         for modality in args.modalities.split(","):
             for seed in _span(args.seeds):
                 folder = args.data / f"{family}_{modality}_{seed}"
-                truth, labels = write_scene_series(folder, seed, family, modality)
+                if family == "phantom":  # medseg phantom's own generator (CT only)
+                    truth, labels = _phantom_truth(args.data, seed)
+                elif (folder / "labels.npz").is_file():
+                    truth, labels = read_scene_truth(folder)
+                else:
+                    truth, labels = write_scene_series(folder, seed, family, modality)
                 row = evaluate_series(model, truth, labels, flips)
                 row["seed"] = seed
                 rows.append(row)

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Literal
@@ -540,6 +540,24 @@ def fractional_masks(result: VolumeResult) -> np.ndarray:
     return frac
 
 
+def _seg_segments(
+    result: VolumeResult, card: ModelCard, options: SegmentOptions
+) -> tuple[ModelCard, np.ndarray]:
+    """The SEG's segments: the card's one for automatic segmentation; for prompts, one
+    segment per prompted lesion found ("Lesion 1", "Lesion 2", ... in prompt order)."""
+    frac = options.seg_type == "FRACTIONAL"
+    values = fractional_masks(result) if frac else result.mask
+    if result.lesions is None or not result.lesions.any():
+        return card, values[None]
+    spec = card.segments[0]
+    numbers = [int(n) for n in np.unique(result.lesions) if n]
+    segments = tuple(replace(spec, label=f"{spec.label} {n}") for n in numbers)
+    masks = np.stack(
+        [np.where(result.lesions == n, values, 0).astype(values.dtype) for n in numbers]
+    )
+    return replace(card, segments=segments), masks
+
+
 def check_writable(volume: Volume, card: ModelCard, output: Path, options: SegmentOptions) -> None:
     """Refuse now, before any inference, what writing the SEG (or preview) would refuse later.
 
@@ -601,18 +619,16 @@ def segment(
         )
         timings.update(result.timings)
         start = time.perf_counter()
-        if options.seg_type == "FRACTIONAL":
-            masks = fractional_masks(result)[None]
-        else:
-            masks = result.mask[None]
+        seg_card, masks = _seg_segments(result, card, options)
         dataset = write_seg(
             volume,
             masks,
-            card,
+            seg_card,
             output,
             seg_type=options.seg_type,
             series_number=options.series_number,
             series_description=options.series_description,
+            semiautomatic=result.lesions is not None,
         )
         timings["write"] += time.perf_counter() - start
         if options.preview is not None:

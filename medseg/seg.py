@@ -76,8 +76,12 @@ def _concept(code: Code) -> hd.sr.CodedConcept:
 
 
 def _segment_descriptions(
-    card: ModelCard, version: str, family: Code
+    card: ModelCard, version: str, family: Code, semiautomatic: bool = False
 ) -> list[hd.seg.SegmentDescription]:
+    """One description per card segment. ``semiautomatic``: the segments are lesions a
+    reader prompted (SEMIAUTOMATIC), each tracked by its own label."""
+    kind = hd.seg.SegmentAlgorithmTypeValues
+    algorithm_type = kind.SEMIAUTOMATIC if semiautomatic else kind.AUTOMATIC
     algorithm = hd.AlgorithmIdentificationSequence(
         name=card.name[:64], family=_concept(family), version=version[:64]
     )
@@ -87,10 +91,10 @@ def _segment_descriptions(
             segment_label=spec.label[:64],
             segmented_property_category=_concept(spec.category),
             segmented_property_type=_concept(spec.type),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_type=algorithm_type,
             algorithm_identification=algorithm,
             tracking_uid=hd.UID(),
-            tracking_id=f"{card.name} segment {number}"[:64],
+            tracking_id=(spec.label if semiautomatic else f"{card.name} segment {number}")[:64],
         )
         for number, spec in enumerate(card.segments, start=1)
     ]
@@ -299,6 +303,7 @@ def build_seg(
     algorithm_version: str | None = None,
     algorithm_family: Code = ARTIFICIAL_INTELLIGENCE,
     warn_blanked: bool = True,
+    semiautomatic: bool = False,
 ) -> pydicom.Dataset:
     """The SEG dataset for ``masks`` (segments, slices, rows, cols) on ``volume``, unwritten.
 
@@ -332,6 +337,7 @@ def build_seg(
                 algorithm_family,
                 empty,
                 series_number,
+                semiautomatic,
             )
     except KeyError as exc:
         _raise_unsupported_sop_class(exc, sources)
@@ -396,12 +402,13 @@ def _segmentation(
     algorithm_family: Code,
     empty: bool,
     series_number: int,
+    semiautomatic: bool = False,
 ) -> hd.seg.Segmentation:
     return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixel_array,
         segmentation_type=seg_type,
-        segment_descriptions=_segment_descriptions(card, version, algorithm_family),
+        segment_descriptions=_segment_descriptions(card, version, algorithm_family, semiautomatic),
         series_instance_uid=hd.UID(),
         series_number=int(series_number),
         sop_instance_uid=hd.UID(),
@@ -445,6 +452,7 @@ def write_seg(
     series_description: str = "medseg segmentation",
     algorithm_version: str | None = None,
     algorithm_family: Code = ARTIFICIAL_INTELLIGENCE,
+    semiautomatic: bool = False,
 ) -> pydicom.Dataset:
     """Build the SEG for ``masks`` on ``volume`` and write it atomically to ``path``.
 
@@ -461,6 +469,7 @@ def write_seg(
         series_description=series_description,
         algorithm_version=algorithm_version,
         algorithm_family=algorithm_family,
+        semiautomatic=semiautomatic,
     )
     save_atomically(seg, Path(path))
     log.info(

@@ -5,7 +5,8 @@ series. The grid is drawn per seed too: field of view 150-500 mm, pixel spacing 
 the matrix stays at most ``max_matrix`` pixels across (0.5-1.5 mm where the field allows),
 slice thickness 0.6-5 mm over 60-100 mm. The truth is a DICOM-SEG (every lesion in one
 segment, as ``medseg eval`` reads it) and, per lesion, the values a reader would use to
-prompt it: the centre voxel of its largest cross-section and the tight box around it.
+prompt it: the centre voxel of its largest cross-section and the tight box around it,
+in ``truth.json``; ``labels.npz`` holds the lesion labels (one number per lesion).
 """
 
 from __future__ import annotations
@@ -62,9 +63,12 @@ def _grid(seed: int, scene: Scene, max_matrix: int) -> tuple[int, float, int, fl
     return matrix, scene.fov_mm / matrix, slices, thickness
 
 
-def lesion_truths(labels: np.ndarray, scene: Scene, voxel_ml: float) -> tuple[LesionTruth, ...]:
+def lesion_truths(
+    labels: np.ndarray, kinds: tuple[str, ...], voxel_ml: float
+) -> tuple[LesionTruth, ...]:
+    """Per lesion number 1..len(kinds) present in ``labels``: where a reader would prompt it."""
     out = []
-    for number in range(1, len(scene.lesions) + 1):
+    for number in range(1, len(kinds) + 1):
         mask = labels == number
         if not mask.any():
             continue
@@ -77,7 +81,7 @@ def lesion_truths(labels: np.ndarray, scene: Scene, voxel_ml: float) -> tuple[Le
         out.append(
             LesionTruth(
                 number,
-                scene.lesions[number - 1].kind,
+                kinds[number - 1],
                 float(mask.sum() * voxel_ml),
                 k,
                 (int(r), int(c)),
@@ -85,6 +89,27 @@ def lesion_truths(labels: np.ndarray, scene: Scene, voxel_ml: float) -> tuple[Le
             )
         )
     return tuple(out)
+
+
+def read_scene_truth(folder: Path) -> tuple[SeriesTruth, np.ndarray]:
+    """What ``write_scene_series`` wrote below ``folder``: its truth and lesion labels."""
+    record = json.loads((Path(folder) / "truth.json").read_text())
+    lesions = tuple(
+        LesionTruth(**{**item, "centre": tuple(item["centre"]), "box": tuple(item["box"])})
+        for item in record.pop("lesions")
+    )
+    truth = SeriesTruth(
+        **{
+            **record,
+            "folder": Path(record["folder"]),
+            "series_dir": Path(record["series_dir"]),
+            "seg_path": Path(record["seg_path"]),
+            "shape": tuple(record["shape"]),
+            "spacing": tuple(record["spacing"]),
+            "lesions": lesions,
+        }
+    )
+    return truth, np.load(Path(folder) / "labels.npz")["labels"]
 
 
 def write_scene_series(
@@ -132,8 +157,9 @@ def write_scene_series(
         modality,
         labels.shape,
         (thickness, spacing, spacing),
-        lesion_truths(labels, scene, voxel_ml),
+        lesion_truths(labels, tuple(lesion.kind for lesion in scene.lesions), voxel_ml),
     )
+    np.savez_compressed(folder / "labels.npz", labels=labels)  # one number per lesion
     record = asdict(truth) | {"folder": str(folder), "series_dir": str(series_dir)}
     record["seg_path"] = str(seg_path)
     (folder / "truth.json").write_text(json.dumps(record, indent=1) + "\n")

@@ -209,3 +209,34 @@ def test_prompt_maps_draw_discs_boxes_and_masks() -> None:
     assert maps[0][mask].all()
     assert maps[1, 10, 25] == 1 and maps[1].sum() == 29
     assert not draw(PromptMaps(), (8, 8)).any()
+
+
+def test_each_prompted_lesion_is_its_own_semiautomatic_segment(
+    tmp_path: Path, prompted_bright_model: Path, capsys
+) -> None:
+    """Read back with highdicom: one segment per prompted lesion, SEMIAUTOMATIC, tracked by
+    its own label, each holding only its own block."""
+    import highdicom as hd
+
+    from medseg.cli import main
+    from tests.dicom.series_factory import write_series
+
+    values = np.zeros((6, 16, 16))
+    values[1:4, 2:7, 2:7] = 200.0
+    values[2:5, 9:14, 9:14] = 200.0
+    write_series(tmp_path / "ct", values)
+    out = tmp_path / "out.seg.dcm"
+    argv = ["segment", str(tmp_path / "ct"), "-o", str(out), "--model", str(prompted_bright_model)]
+    prompts = ["--point", "4,4,2", "--point", "11,11,3", "--window", "100/200", "--no-progress"]
+    assert main([*argv, *prompts]) == 0, capsys.readouterr().err
+    seg = hd.seg.segread(out)
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["Lesion 1", "Lesion 2"]
+    assert {d.SegmentAlgorithmType for d in seg.SegmentSequence} == {"SEMIAUTOMATIC"}
+    assert [d.TrackingID for d in seg.SegmentSequence] == ["Lesion 1", "Lesion 2"]
+    for number, expected in ((1, 3 * 25), (2, 3 * 25)):
+        frames = [
+            f
+            for f, item in zip(seg.pixel_array, seg.PerFrameFunctionalGroupsSequence, strict=True)
+            if item.SegmentIdentificationSequence[0].ReferencedSegmentNumber == number
+        ]
+        assert sum(int(np.asarray(f).sum()) for f in frames) == expected
