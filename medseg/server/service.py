@@ -255,6 +255,7 @@ class Service:
                 paths = [self._check_model_file(model) for model in rule_models]
             else:
                 paths = []
+            self._check_rule_prompts()
         except MedsegError as exc:
             message = " ".join(str(exc).split())
             raise type(exc)(f"cannot start: {message}") from exc
@@ -262,6 +263,19 @@ class Service:
         for path in dict.fromkeys(paths):
             logger.info("model %s ready", path)
         return paths
+
+    def _check_rule_prompts(self) -> None:
+        """A rule with prompts needs a promptable model (one that takes them)."""
+        from medseg.modelcard import load_card_for
+        from medseg.pipeline import check_promptable
+
+        for rule in self.config.rules:
+            if rule.prompts:
+                path = PipelineSegmenter(self.config.model).model_path(rule.model)
+                try:
+                    check_promptable(load_card_for(path))
+                except MedsegError as exc:
+                    raise type(exc)(f"rule {rule.name!r} has prompts: {exc}") from exc
 
     def _check_model_file(self, rule_model: str) -> Path:
         from medseg.pipeline import SegmentOptions, resolve_model

@@ -11,7 +11,9 @@ import highdicom as hd
 import numpy as np
 import pytest
 
+from medseg.errors import PromptError
 from medseg.server.jobstore import SqliteJobStore
+from medseg.server.service import Service
 from tests.server.peers import Processes, log_text, make_slow_model, storescu, wait_until, write_ct
 from tests.server.test_serve import serve, status
 
@@ -54,13 +56,13 @@ def test_output_folder_gets_the_seg_and_retention_cleans_up(
     assert seg_file.is_file(), "the output folder is the user's: never cleaned"
 
 
-def test_rule_box_prompt_limits_the_seg_to_the_box(
-    running: Callable, server_config: Callable, tmp_path: Path
+def test_rule_box_prompt_segments_its_lesion_through_the_volume(
+    running: Callable, server_config: Callable, prompted_bright_model: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "results"
-    box = "box=16,16,23,31@1-6"  # the left half of the bright cube (columns 16..31)
+    box = "box=16,16,23,31@3"  # the left half of the bright cube (slices 1-6) on slice 3
     rule = {"name": "boxed", "prompts": [box], "destinations": [], "output_folder": str(out)}
-    _, config = server_config(rules=[rule])
+    _, config = server_config(rules=[rule], model={"path": str(prompted_bright_model)})
     service = running(config, workers=1)
     series = write_ct(tmp_path / "series")
     assert storescu(service.port, tmp_path / "series").returncode == 0
@@ -69,12 +71,23 @@ def test_rule_box_prompt_limits_the_seg_to_the_box(
     (seg_file,) = out.glob("*.seg.dcm")
     seg = hd.seg.segread(seg_file)
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
+    assert seg.SegmentSequence[0].SegmentAlgorithmType == "SEMIAUTOMATIC"
     frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    assert len(frames) == 6, "carried from slice 3 to every slice of the cube (1-6)"
     _, rows, cols = np.nonzero(frames)
-    assert cols.size > 0, "the box holds part of the cube: something is segmented"
-    assert cols.min() >= 16 and cols.max() <= 23, (cols.min(), cols.max())
-    assert rows.min() >= 16 and rows.max() <= 31, (rows.min(), rows.max())
-    assert set(cols.tolist()) == set(range(16, 24)), "the whole box width of the cube is kept"
+    # the whole cube (16-31), give or take the pixel the crop's zoom in and out may add
+    for axis in (rows, cols):
+        assert set(range(16, 32)) <= set(axis.tolist()) <= set(range(15, 33))
+
+
+def test_a_rule_with_prompts_and_a_prompt_free_model_stops_the_start(
+    server_config: Callable, tmp_path: Path
+) -> None:
+    rule = {"name": "boxed", "prompts": ["box=1,1,5,5@2"], "output_folder": str(tmp_path)}
+    _, config = server_config(rules=[rule])
+    service = Service(config, workers=0)
+    with pytest.raises(PromptError, match="rule 'boxed' has prompts: model test-bright takes no"):
+        service.check_models()
 
 
 @pytest.mark.slow
