@@ -45,21 +45,22 @@ def _mask(path: Path) -> np.ndarray:
 
 
 def test_gsps_rectangle_segments_like_the_same_box_given_on_the_command_line(
-    tmp_path: Path, bright_model: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, prompted_bright_model: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     paths = _series(tmp_path / "ct")
     gsps = GspsWriter(paths, [Annotation([Graphic("POLYLINE", RECTANGLE)], image=2)])
     marks = gsps.write(tmp_path / "ct" / "marks.pr.dcm")  # the loader passes over it
     from_marks, by_hand = tmp_path / "marks.seg.dcm", tmp_path / "hand.seg.dcm"
     code, out, err = _segment(
-        capsys, tmp_path / "ct", from_marks, bright_model,
+        capsys, tmp_path / "ct", from_marks, prompted_bright_model,
         "--prompts-from", str(marks), "--box", f"{BOX}@3",
     )  # fmt: skip
     assert code == 0, err
-    ml = 2 * 20 * 12 * 2.5 * 0.8 * 0.7 / 1000  # the block inside the box on slices 2 and 3
+    # each box finds the block on its slice and carries it through: the whole block
+    ml = 4 * 20 * 24 * 2.5 * 0.8 * 0.7 / 1000
     assert f"{ml:.2f} ml" in out
     code, _, err = _segment(
-        capsys, tmp_path / "ct", by_hand, bright_model, "--box", f"{BOX}@2", "--box", f"{BOX}@3"
+        capsys, tmp_path / "ct", by_hand, prompted_bright_model, "--box", f"{BOX}@2", "--box", f"{BOX}@3"
     )
     assert code == 0, err
     np.testing.assert_array_equal(_mask(from_marks), _mask(by_hand))
@@ -74,14 +75,14 @@ def _error(capsys, argv: list[str], code: int, words: str) -> None:
 
 
 def test_unusable_marks_are_one_line_errors_with_exit_codes_and_no_output(
-    tmp_path: Path, bright_model: Path, shared_dir: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, prompted_bright_model: Path, shared_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     paths = _series(tmp_path / "ct")
     other = _series(tmp_path / "other", seed=5)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     argv = ["segment", str(tmp_path / "ct"), "-o", str(out_dir / "seg.dcm")]
-    argv += ["--model", str(bright_model), "--no-progress", "--prompts-from"]
+    argv += ["--model", str(prompted_bright_model), "--no-progress", "--prompts-from"]
 
     _error(capsys, [*argv, str(paths[0])], 2, "CT Image Storage is not an object medseg reads")
     _error(capsys, [*argv, str(tmp_path / "none.dcm")], 2, "mark file not found")
