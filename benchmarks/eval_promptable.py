@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +101,26 @@ def main() -> int:
     parser.add_argument("--seeds", default="9000-9009")
     parser.add_argument("--data", type=Path, required=True, help="where series are cached")
     parser.add_argument("--flips", default=None, help="'none' to turn test-time flips off")
+    parser.add_argument(
+        "--refine",
+        action="store_true",
+        help="apply medseg 4.4.0's refinement (3 mm guided filter, across slices, rims "
+        "0.55 / trim 0.4) to automatic segmentation, to see whether it earns its place",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     flips = () if args.flips == "none" else None
     model = load_model(SegmentOptions(model=args.model))
+    if args.refine:
+        card = replace(
+            model.card,
+            refine_radius_mm=3.0,
+            refine_eps=1e-4,
+            refine_across_slices=True,
+            refine_rim_level=0.55,
+            refine_rim_trim=0.4,
+        )
+        model = replace(model, card=card)
     rows = []
     started = time.time()
     for family in args.families.split(","):

@@ -174,7 +174,6 @@ def continue_across_slices(
     window: IntensityWindow,
     pixel_spacing: tuple[float, float],
     settings: Refinement,
-    allowed: np.ndarray | None = None,
 ) -> np.ndarray:
     """``mask`` plus the ends of its findings that the network missed on neighbouring slices.
 
@@ -189,10 +188,9 @@ def continue_across_slices(
     part (a lesion narrows towards its ends; a region as large or larger is a vessel or an
     organ; against a part the network outlined, fewer than 1.5 times as many), their pixels
     within one box radius of the part join the mask and are continued the same way, with
-    the first part's two intensities. Returns a new array; never
-    removes a voxel; adds none outside ``allowed`` (bool, same shape) when given.
+    the first part's two intensities. Returns a new array; never removes a voxel.
     """
-    _check_masks(mask, image, allowed)
+    _check_masks(mask, image)
     out = np.array(mask, dtype=bool)
     if not settings.crosses_slices or out.shape[0] < 2:
         return out
@@ -216,8 +214,6 @@ def continue_across_slices(
             continue  # the network has this slice: its outline stands
         smooth = ndimage.gaussian_filter(window.apply(image[kk][seed.box]), sigma, mode="nearest")
         like = np.abs(smooth - seed.inside) < abs(seed.inside - seed.around) / 2
-        if allowed is not None:
-            like &= allowed[kk][seed.box]
         region = _touching(like, seed.pixels)
         if not region.any() or region.sum() >= seed.size_limit * seed.pixels.sum():
             continue
@@ -233,8 +229,6 @@ def redraw_rims(
     window: IntensityWindow,
     spacing: tuple[float, float, float],
     settings: Refinement,
-    allowed: np.ndarray | None = None,
-    pinned: np.ndarray | None = None,
 ) -> np.ndarray:
     """``mask`` with each finding's border redrawn by a pixel where the image says so.
 
@@ -250,9 +244,7 @@ def redraw_rims(
 
     * with ``rim_trim`` T > 0 and a core of at least 4 voxels, each of the finding's edge
       pixels (not its core) is dropped when it lies less than T of that difference from
-      the ring's value towards the core's: it looks like the surroundings. A finding
-      holding a ``pinned`` voxel (a prompt's point) is not trimmed, so the point still hits
-      it;
+      the ring's value towards the core's: it looks like the surroundings;
     * every unmarked pixel 8-adjacent in plane to what is left joins it when its intensity
       lies within ``1 - rim_level`` of that difference of the core's: at least
       ``rim_level`` of the way from the ring's value to the core's, and no further beyond
@@ -263,10 +255,9 @@ def redraw_rims(
     most, so a finding cannot run into a neighbouring organ; the trim takes only edge
     pixels, which on a finding's end slices can be all of them. No pixel joins whose
     26 neighbours hold another finding or a pixel joining another finding, so two findings
-    are not joined. ``spacing`` is (slice, row, column) in mm. Returns a new array; adds
-    none outside ``allowed`` (bool, same shape) when given.
+    are not joined. ``spacing`` is (slice, row, column) in mm. Returns a new array.
     """
-    _check_masks(mask, image, allowed, pinned)
+    _check_masks(mask, image)
     if len(spacing) != 3:
         raise ValueError(f"spacing must be (slice, row, column) mm, got {spacing}")
     mask = np.asarray(mask, dtype=bool)
@@ -288,13 +279,11 @@ def redraw_rims(
             continue
         inside, around = levels
         kept = finding
-        if settings.rim_trim > 0 and has_core and not _holds(finding, pinned, box):
+        if settings.rim_trim > 0 and has_core:
             towards_core = (smooth - around) / (inside - around)
             kept = finding & (core | (towards_core >= settings.rim_trim))
         like = np.abs(smooth - inside) <= (1.0 - settings.rim_level) * abs(inside - around)
         rim = ndimage.binary_dilation(kept, structure=_CORE) & ~mask[box] & like
-        if allowed is not None:
-            rim &= allowed[box]
         out[box] &= ~(finding & ~kept)
         claims[box] += rim
         rims.append((box, finding, rim))
@@ -302,10 +291,6 @@ def redraw_rims(
         others = (mask[box] & ~finding) | (claims[box] > rim)
         out[box] |= rim & ~ndimage.binary_dilation(others, structure=_ALL_NEIGHBOURS)
     return out
-
-
-def _holds(finding: np.ndarray, pinned: np.ndarray | None, box: tuple[slice, ...]) -> bool:
-    return pinned is not None and bool((finding & pinned[box]).any())
 
 
 def _findings(
@@ -335,19 +320,11 @@ def _findings(
         yield box, finding
 
 
-def _check_masks(
-    mask: np.ndarray,
-    image: np.ndarray,
-    allowed: np.ndarray | None,
-    pinned: np.ndarray | None = None,
-) -> None:
+def _check_masks(mask: np.ndarray, image: np.ndarray) -> None:
     if mask.ndim != 3:
         raise ValueError(f"mask must be (slices, rows, cols), got shape {mask.shape}")
     if not mask.shape == image.shape:
         raise ValueError(f"mask {mask.shape} and image {image.shape} must have one shape")
-    for name, voxels in (("allowed", allowed), ("pinned", pinned)):
-        if voxels is not None and (voxels.shape != mask.shape or voxels.dtype != bool):
-            raise ValueError(f"{name} voxels must be a bool array of shape {mask.shape}")
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from medseg.pipeline import (
 )
 from medseg.postprocess import label_components
 from medseg.preprocess import IntensityWindow
-from medseg.prompts import PromptPlan, parse_box, plan_prompts
 from medseg.refine import Refinement, redraw_rims
 from tests.pipeline.helpers import make_volume
 from tests.tiny_models import make_coarse_bright_model
@@ -216,24 +215,6 @@ def test_each_finding_is_redrawn_as_it_would_be_alone() -> None:
         np.testing.assert_array_equal(both & finding, alone & finding)
 
 
-def test_a_finding_holding_a_prompt_point_is_not_trimmed() -> None:
-    """A point on a finding's edge pixel that the trim would drop: the finding keeps its
-    edge, so the point still hits it; the rim still grows. The plan's seeds mark both
-    kinds of point."""
-    truth, found = _disk(11.0), _disk(12.0)
-    image = _image(truth, 100.0)
-    dropped = found & ~redraw_rims(found, image, WINDOW, SPACING, TRIMMED)
-    point = tuple(int(v) for v in np.argwhere(dropped)[0])
-    plan = PromptPlan((), None, None, None, positive=(point,), negative=((0, 1, 1),))
-    pinned = plan.seeds(found.shape)
-    assert pinned is not None and pinned.sum() == 2 and pinned[point] and pinned[0, 1, 1]
-    assert PromptPlan((), None, None, None).seeds(found.shape) is None
-    drawn = redraw_rims(found, image, WINDOW, SPACING, TRIMMED, pinned=pinned)
-    assert (drawn >= found).all()
-    with pytest.raises(ValueError, match="pinned"):
-        redraw_rims(found, image, WINDOW, SPACING, TRIMMED, pinned=pinned[:2])
-
-
 def test_no_contrast_no_rim() -> None:
     found = _disk(8.0)
     flat = _image(np.zeros_like(found), 40.0)
@@ -266,14 +247,9 @@ def test_findings_at_the_edges_of_the_volume_are_widened_too() -> None:
     assert not (added & ~truth).any()
 
 
-def test_rims_stay_inside_allowed_voxels_and_are_off_unless_asked() -> None:
+def test_rims_are_off_unless_asked() -> None:
     truth, found = _disk(11.0), _disk(10.0)
     image = _image(truth, 100.0)
-    allowed = np.zeros_like(truth)
-    allowed[:, :, :34] = True
-    widened = redraw_rims(found, image, WINDOW, SPACING, RIMS, allowed=allowed)
-    assert (widened & ~found)[:, :, :34].any()
-    assert not (widened & ~found)[:, :, 34:].any()
     for off in (Refinement(3.0), Refinement(0.0, rim_level=0.6)):
         unchanged = redraw_rims(found, image, WINDOW, SPACING, off)
         np.testing.assert_array_equal(unchanged, found)
@@ -298,8 +274,6 @@ def test_rims_take_any_mask_type_and_refuse_other_shapes() -> None:
     found = _disk(5.0)
     with pytest.raises(ValueError, match="one shape"):
         redraw_rims(found, np.zeros((3, 64, 63), np.float32), WINDOW, SPACING, RIMS)
-    with pytest.raises(ValueError, match="allowed"):
-        redraw_rims(found, _image(found, 100.0), WINDOW, SPACING, RIMS, allowed=found[:2])
 
 
 @pytest.mark.parametrize("inside", [100.0, -10.0])
@@ -430,12 +404,11 @@ def test_a_card_with_a_trim_drops_edge_voxels_and_a_fractional_seg_agrees(
     assert "rims at 0.6 (trim 0.3)" in caplog.text
 
 
-def test_rims_come_after_the_refinement_across_slices_and_stay_in_a_box_prompt(
+def test_rims_come_after_the_refinement_across_slices(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A ball whose ends the stand-in network misses: the continuation brings them back,
-    then the rims widen what the continuation left (the job's mask is exactly that). With
-    a box prompt over half of the ball, nothing is added outside the box."""
+    then the rims widen what the continuation left (the job's mask is exactly that)."""
     rng = np.random.default_rng(7)
     zz, yy, xx = np.mgrid[:9, :64, :64]
     ball = (zz - 4.0) ** 2 * 8.4 + (yy - 31.5) ** 2 + (xx - 32.2) ** 2 <= 12.0**2
@@ -448,13 +421,11 @@ def test_rims_come_after_the_refinement_across_slices_and_stay_in_a_box_prompt(
     card = ModelCard.from_dict({**across, "refine_rim_level": 0.6})
     volume = make_volume(voxels, spacing=(1.0, 1.5, 1.5))
     auto = SegmentOptions(window="60/400")
-    box = SegmentOptions(window="60/400", prompts=(parse_box("10,10,32,54@0-8"),))
     engine = open_engine(path, card, threads=1)
     try:
         continued = segment_volume_result(volume, engine, ModelCard.from_dict(across), auto)
-        result = segment_volume_result(volume, engine, card, auto)
         with caplog.at_level("INFO", logger="medseg.pipeline"):
-            boxed = segment_volume_result(volume, engine, card, box)
+            result = segment_volume_result(volume, engine, card, auto)
     finally:
         engine.close()
     expected = redraw_rims(continued.mask, voxels, WINDOW, volume.spacing, card_refinement(card))
@@ -462,10 +433,7 @@ def test_rims_come_after_the_refinement_across_slices_and_stay_in_a_box_prompt(
     marked = (continued.probabilities > continued.level).any(axis=(1, 2))
     assert (continued.mask.any(axis=(1, 2)) & ~marked).any()  # the continuation acted ...
     assert (result.mask & ~continued.mask).any()  # ... and so did the rims, after it
-    keep = plan_prompts(box.prompts, volume, box_margin=box.box_margin).keep
-    assert (result.mask & ~keep).any()  # the box cuts the finding ...
-    assert boxed.mask.any() and not (boxed.mask & ~keep).any()  # ... and nothing crosses it
-    assert "prompt crops" in caplog.text
+    assert "whole slices" in caplog.text
 
 
 def card_refinement(card: ModelCard) -> Refinement:

@@ -60,7 +60,14 @@ def test_gsps_rectangle_segments_like_the_same_box_given_on_the_command_line(
     ml = 4 * 20 * 24 * 2.5 * 0.8 * 0.7 / 1000
     assert f"{ml:.2f} ml" in out
     code, _, err = _segment(
-        capsys, tmp_path / "ct", by_hand, prompted_bright_model, "--box", f"{BOX}@2", "--box", f"{BOX}@3"
+        capsys,
+        tmp_path / "ct",
+        by_hand,
+        prompted_bright_model,
+        "--box",
+        f"{BOX}@2",
+        "--box",
+        f"{BOX}@3",
     )
     assert code == 0, err
     np.testing.assert_array_equal(_mask(from_marks), _mask(by_hand))
@@ -75,7 +82,10 @@ def _error(capsys, argv: list[str], code: int, words: str) -> None:
 
 
 def test_unusable_marks_are_one_line_errors_with_exit_codes_and_no_output(
-    tmp_path: Path, prompted_bright_model: Path, shared_dir: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    prompted_bright_model: Path,
+    shared_dir: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     paths = _series(tmp_path / "ct")
     other = _series(tmp_path / "other", seed=5)
