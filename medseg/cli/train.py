@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--modalities", default="CT,MR", help="with --synthetic: CT, MR or CT,MR (default)"
     )
+    parser.add_argument(
+        "--auto-share",
+        type=float,
+        default=0.3,
+        help="with --synthetic: share of samples without a prompt (automatic mode)",
+    )
     parser.add_argument("--init", required=True, help="checkpoint to start from, or 'none'")
     parser.add_argument(
         "--config",
@@ -161,6 +167,9 @@ def _run_synthetic(args: argparse.Namespace, init: str | None, command: str | No
         lr=args.lr,
         weight_decay=args.weight_decay,
         slice_context_mm=args.slice_context or 2.5,
+        crop=args.crop,
+        crop_epochs=(args.crop_epochs or args.epochs) if args.crop else 0,
+        auto_share=args.auto_share,
         seed=args.seed,
         threads=args.threads,
         max_minutes=args.max_minutes,

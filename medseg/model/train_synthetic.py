@@ -48,6 +48,9 @@ class SyntheticTrainOptions:
     weight_decay: float = 1e-4
     slice_context_mm: float = 2.5
     validation_samples: int = 96
+    crop: int | None = None  # train the first crop_epochs on windows this size
+    crop_epochs: int = 0
+    auto_share: float = 0.3
     seed: int = 0
     threads: int | None = None
     max_minutes: float | None = None
@@ -140,7 +143,14 @@ def _train(options: SyntheticTrainOptions) -> SyntheticTrainResult:
     if not model.config.promptable:
         raise ConfigError("synthetic training simulates prompts: use a promptable config")
     stream = SampleStream(
-        SampleConfig(families=options.families, modalities=options.modalities),
+        SampleConfig(
+            families=options.families,
+            modalities=options.modalities,
+            auto_share=options.auto_share,
+            point_share=(1 - options.auto_share) * 0.36,
+            box_share=(1 - options.auto_share) * 0.36,
+            draws_per_slab=6 if options.crop else 4,
+        ),
         card,
         seed=options.seed,
     )
@@ -161,6 +171,9 @@ def _train(options: SyntheticTrainOptions) -> SyntheticTrainResult:
         "batch_size": options.batch_size,
         "steps_per_epoch": options.steps_per_epoch,
         "validation_samples": options.validation_samples,
+        "crop": options.crop,
+        "crop_epochs": options.crop_epochs or None,
+        "auto_share": options.auto_share,
         "seed": options.seed,
         "command": options.command,
     }
@@ -176,7 +189,8 @@ def _train(options: SyntheticTrainOptions) -> SyntheticTrainResult:
             leave=False,
         )
         for _ in bar:
-            units, prompts, targets = stream.batch(options.batch_size)
+            crop = options.crop if epoch < options.crop_epochs else None
+            units, prompts, targets = stream.batch(options.batch_size, crop)
             x = torch.from_numpy(normalise(units, card))
             y = torch.from_numpy(targets)[:, None]
             loss = deep_supervision_loss(model(x, torch.from_numpy(prompts)), y)

@@ -237,8 +237,13 @@ class SampleStream:
         thickness = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         return render_slab(rng, scene, self.card, thickness, rng.random() < cfg.zoom_share)
 
-    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Unit channels (N, 3, H, W), prompts (N, 2, H, W), targets (N, H, W)."""
+    def batch(
+        self, size: int, crop: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Unit channels (N, 3, H, W), prompts (N, 2, H, W), targets (N, H, W).
+
+        ``crop``: square windows of that many pixels at the same scale (a third of a whole
+        input's cost), holding the target (and so its prompt) where it has one."""
         while len(self.pool) < self.config.pool:
             self.pool.append((self._fresh(), 0))
         units, prompts, targets = [], [], []
@@ -246,6 +251,8 @@ class SampleStream:
             i = int(self.rng.integers(len(self.pool)))
             slab, used = self.pool[i]
             unit, prompt, target = draw_sample(self.rng, slab, self.config)
+            if crop is not None:
+                unit, prompt, target = _window(self.rng, crop, unit, prompt, target)
             if self.rng.random() < 0.5:
                 unit, prompt, target = unit[..., ::-1], prompt[..., ::-1], target[..., ::-1]
             units.append(unit)
@@ -260,3 +267,27 @@ class SampleStream:
             np.ascontiguousarray(np.stack(prompts)),
             np.ascontiguousarray(np.stack(targets)),
         )
+
+
+def _window(
+    rng: np.random.Generator, size: int, unit: np.ndarray, prompt: np.ndarray, target: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A ``size`` x ``size`` window of a sample, over its target and prompt if it has them."""
+    height, width = target.shape
+    marked = (target > 0) | (prompt[0] > 0)
+    rows, cols = np.nonzero(marked)
+    starts = []
+    for found, n in ((rows, height), (cols, width)):
+        if len(found):
+            lo, hi = int(found.min()), int(found.max())
+            low = max(0, min(hi - size + 1, n - size))
+            high = min(lo, n - size)
+            start = (
+                int(rng.integers(low, high + 1)) if high >= low else max(0, (lo + hi - size) // 2)
+            )
+        else:
+            start = int(rng.integers(0, n - size + 1))
+        starts.append(min(max(start, 0), n - size))
+    r, c = starts
+    view = np.s_[..., r : r + size, c : c + size]
+    return unit[view], prompt[view], target[view]
