@@ -8,6 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from medseg.cli.outputs import check_output_folder
 from medseg.errors import ConfigError
 from medseg.maskio import MaskInputError
 
@@ -72,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 1:
         raise ConfigError(f"--bootstrap must be >= 1, got {args.bootstrap}")
     for out in (args.json, args.csv, args.plot):
-        if out is not None and not out.parent.is_dir():
-            raise ConfigError(f"output folder does not exist: {out.parent}")
+        if out is not None:
+            check_output_folder(out)  # exit 6, as for segment's SEG and model export's .onnx
     options = EvalOptions(args.tolerance_mm, args.connectivity, parse_segment_map(args.segment_map))
     pairing = pair_cases(find_masks(args.pred), find_masks(args.truth))
     for path in pairing.unpaired_pred:

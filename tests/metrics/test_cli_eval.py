@@ -182,3 +182,14 @@ def test_nan_and_inf_are_valid_json(tmp_path: Path) -> None:
     (row,) = json.loads(out_json.read_text())["cases"]
     assert row["hd"] == "inf" and row["precision"] is None and row["dice"] == 0.0
     assert read_mask(tmp_path / "p.nii.gz").segments[0].number == 1
+
+
+def test_a_report_into_a_missing_folder_is_an_output_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pred_dir, truth_dir, _ = _cohort(tmp_path)
+    out_csv = tmp_path / "nonexist" / "r.csv"
+    assert main(["eval", str(pred_dir), str(truth_dir), "--csv", str(out_csv)]) == 6
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err, err
+    assert not out_csv.parent.exists()
