@@ -165,7 +165,7 @@ def test_many_skipped_files_list_the_first_few_unless_verbose(
     report = _report(capsys.readouterr().err)
     assert len(report) == 1 + 2 + 1
     assert report[-1] == "  ... and 2 more (run with -v to list all)"
-    assert main(["-v", *argv]) == 0
+    assert main(["-v", *argv, "--force"]) == 0  # the same output again
     report = _report(capsys.readouterr().err)
     assert len([line for line in report if line.startswith("  skipped ")]) == 4
     assert not any(line.startswith("  ...") for line in report)
