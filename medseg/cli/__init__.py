@@ -11,9 +11,10 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from medseg import __version__
-from medseg.errors import MedsegError
+from medseg.errors import ConfigError, MedsegError
 
 COMMAND_MODULES = (
     "medseg.cli.segment",
@@ -25,8 +26,19 @@ COMMAND_MODULES = (
 )
 
 
+class OptionParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 3 like any other bad option.
+
+    argparse's own exit status 2 would read as "bad DICOM input" (``DicomInputError``);
+    subcommand parsers inherit this class through ``add_subparsers``.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(ConfigError.exit_code, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OptionParser(
         prog="medseg", description="AI segmentation node for a PACS: SAM2-UNet, DICOM-SEG out."
     )
     parser.add_argument("--version", action="version", version=f"medseg {__version__}")

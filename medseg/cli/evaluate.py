@@ -7,9 +7,15 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from medseg.cli.outputs import check_output_folder
 from medseg.errors import ConfigError
 from medseg.maskio import MaskInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medseg.metrics.case import EvalOptions
+    from medseg.metrics.pairing import CasePair
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=26,
         help="lesion connectivity (default 26)",
     )
+    parser.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="score cases whose prediction and truth state different patient IDs, frames of "
+        "reference or segment meanings (default: refuse; with it: a warning per case)",
+    )
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="write the full report")
     parser.add_argument("--csv", type=Path, metavar="OUT.csv", help="one row per case/segment")
     parser.add_argument("--plot", type=Path, metavar="OUT.png", help="box/strip plot per metric")
@@ -72,8 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap < 1:
         raise ConfigError(f"--bootstrap must be >= 1, got {args.bootstrap}")
     for out in (args.json, args.csv, args.plot):
-        if out is not None and not out.parent.is_dir():
-            raise ConfigError(f"output folder does not exist: {out.parent}")
+        if out is not None:
+            check_output_folder(out)  # exit 6, as for segment's SEG and model export's .onnx
     options = EvalOptions(args.tolerance_mm, args.connectivity, parse_segment_map(args.segment_map))
     pairing = pair_cases(find_masks(args.pred), find_masks(args.truth))
     for path in pairing.unpaired_pred:
@@ -85,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             f"no case pairs: {len(pairing.unpaired_pred)} prediction(s) and "
             f"{len(pairing.unpaired_truth)} truth file(s) share no referenced series or stem"
         )
+    check_identities(pairing.pairs, options, allow=args.allow_mismatch)
     progress = not args.no_progress and sys.stderr.isatty()
     result = run_cases(pairing.pairs, options, jobs=args.jobs, progress=progress)
     if not result.rows:
@@ -120,3 +133,37 @@ def run(args: argparse.Namespace) -> int:
     for error in result.errors:
         print(f"medseg eval: case {error.case} not scored: {error.error}", file=sys.stderr)
     return MaskInputError.exit_code if result.errors else 0
+
+
+def check_identities(pairs: tuple[CasePair, ...], options: EvalOptions, *, allow: bool) -> None:
+    """Refuse (``ConfigError``, one line) cases whose two files say they are about different
+    patients, frames of reference or structures; with ``allow``, warn on stderr once per
+    case (not a log line: it must be seen whatever the log level).
+
+    An explicit ``--segment-map`` states which segments correspond, so their labels are
+    not compared then.
+    """
+    from medseg.metrics.identity import mismatches
+
+    found = []
+    for pair in pairs:
+        try:
+            differ = mismatches(pair.pred, pair.truth, compare_segments=not options.segment_map)
+        except MaskInputError:
+            continue  # an unreadable file fails its own case when it is scored
+        if differ:
+            found.append((pair.case, "; ".join(differ)))
+    if allow:
+        for case, what in found:
+            print(
+                f"medseg eval: warning: case {case}: prediction and truth differ in {what}; "
+                "scored anyway (--allow-mismatch)",
+                file=sys.stderr,
+            )
+    elif found:
+        case, what = found[0]
+        more = f" (and {len(found) - 1} more case(s))" if len(found) > 1 else ""
+        raise ConfigError(
+            f"case {case}: prediction and truth differ in {what}{more}; check the pairing, "
+            "map segments with --segment-map, or pass --allow-mismatch to score anyway"
+        )

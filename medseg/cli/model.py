@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg import __version__
+from medseg.cli.outputs import check_output_folder
 from medseg.errors import ConfigError, ModelError, OutputError
 from medseg.modelcard import ModelCard, card_path_for, load_card_for, parse_flips
 
@@ -171,6 +172,7 @@ def run_export(args: argparse.Namespace) -> int:
     output: Path = args.output
     if output.suffix != ".onnx":
         raise ConfigError(f"output must end in .onnx: {output}")
+    check_output_folder(output)  # like segment and eval: a missing folder is a typo to report
     if args.int8 and args.int8_method == "static" and args.calibration is None:
         raise ConfigError("--int8 needs --calibration DICOM_DIR (or --int8-method dynamic)")
     if args.max_slices < 2:
@@ -227,10 +229,6 @@ def run_export(args: argparse.Namespace) -> int:
     if training or notes:
         base = replace(base, extra={"training": training, "notes": notes})
     quant_report = None
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {output.parent}: {exc.strerror}") from exc
     # model and card are written beside the output and moved over it only once both are
     # complete, so a failed export leaves the model that was there (and its card) as it was
     with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
@@ -312,6 +310,8 @@ def _print_parity(parity: Any, precision: str) -> None:
 
 def run_info(args: argparse.Namespace) -> int:
     path: Path = args.path
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
     if path.suffix in (".onnx", ".bin", ".dlc") or path.with_suffix(".json").is_file():
         card = load_card_for(path)
         print(json.dumps(card.to_dict(), indent=2))

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from medseg.cli.outputs import check_overwrite
 from medseg.engine import BACKENDS
 from medseg.preprocess import CT_PRESETS
 
@@ -48,6 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="DICOM files/folders")
     parser.add_argument("-o", "--output", required=True, type=Path, metavar="OUT.dcm")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an existing OUT.dcm / --preview file (never an input file)",
+    )
     parser.add_argument("--model", type=Path, help="model file (default: the bundled model)")
     parser.add_argument(
         "--backend", default="auto", choices=("auto", *BACKENDS), help="default: by extension"
@@ -184,6 +190,9 @@ def skipped_report(skipped: Sequence[SkippedFile], *, list_all: bool) -> list[st
 def run(args: argparse.Namespace) -> int:
     from medseg.pipeline import segment
 
+    for out in (args.output, args.preview):
+        if out is not None:
+            check_overwrite(out, args.inputs, force=args.force)
     options = build_options(args)
     result = segment(args.inputs, args.output, options, progress=not args.no_progress)
     verbose = getattr(args, "verbose", 0) > 0  # medseg -v

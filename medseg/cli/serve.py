@@ -53,7 +53,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from medseg.server.demo import DemoOptions, run_demo
+    from medseg.server.demo import DEMO_SEED, DemoOptions, run_demo
 
     options = DemoOptions(
         host=args.host,
@@ -62,7 +62,7 @@ def _demo(args: argparse.Namespace) -> int:
         calling_ae=args.calling_ae,
         receive_port=args.receive_port,
         timeout=args.timeout,
-        seed=args.seed,
+        seed=DEMO_SEED if args.seed is None else args.seed,
         output=Path(args.output) if args.output else None,
     )
     print(run_demo(options).summary())
@@ -105,6 +105,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo.add_argument("--calling-ae", default="MEDSEG-DEMO")
     demo.add_argument("--receive-port", type=int, default=11113, help="where the SEG comes back")
     demo.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the SEG")
-    demo.add_argument("--seed", type=int, default=0, help="phantom seed")
+    demo.add_argument(
+        "--seed", type=int, help="phantom seed (default: one whose phantom has a lesion)"
+    )
     demo.add_argument("-o", "--output", help="also save the SEG that came back here")
     demo.set_defaults(func=_demo)

@@ -32,15 +32,21 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
-def _check_ae(key: str, value: str) -> None:
+def check_ae_title(key: str, value: str) -> None:
+    """DICOM AE title (PS3.5 6.2, VR AE): 1-16 printable ASCII characters, no backslash, no
+    leading or trailing spaces (they are not significant, so a peer would not match)."""
     _require(
-        0 < len(value) <= 16 and value.isascii() and "\\" not in value and value.strip() == value,
+        0 < len(value) <= 16
+        and value.isascii()
+        and value.isprintable()
+        and "\\" not in value
+        and value.strip() == value,
         key,
-        f"{value!r} is not a valid AE title (1-16 ASCII characters, no backslash)",
+        f"{value!r} is not a valid AE title (1-16 printable ASCII characters, no backslash)",
     )
 
 
-def _check_port(key: str, value: int, allow_zero: bool = False) -> None:
+def check_port(key: str, value: int, allow_zero: bool = False) -> None:
     low = 0 if allow_zero else 1
     _require(low <= value <= 65535, key, f"must be {low}..65535, got {value}")
 
@@ -62,8 +68,8 @@ class ListenerConfig:
     allow_any_called_ae: bool = False
 
     def __post_init__(self) -> None:
-        _check_ae("ae_title", self.ae_title)
-        _check_port("port", self.port, allow_zero=True)
+        check_ae_title("ae_title", self.ae_title)
+        check_port("port", self.port, allow_zero=True)
         _require(self.max_pdu == 0 or self.max_pdu >= 4096, "max_pdu", "must be 0 or >= 4096")
         for name in ("network_timeout", "acse_timeout", "dimse_timeout"):
             _require(getattr(self, name) > 0, name, "must be positive")
@@ -185,7 +191,7 @@ class DeliveryConfig:
         _require(self.give_up_after_hours >= 0, "give_up_after_hours", "must be >= 0")
         _require(self.timeout_seconds > 0, "timeout_seconds", "must be positive")
         if self.calling_ae_title:
-            _check_ae("calling_ae_title", self.calling_ae_title)
+            check_ae_title("calling_ae_title", self.calling_ae_title)
 
 
 MODEL_BACKENDS = ("auto", "onnxruntime", "aidlite")
@@ -241,10 +247,10 @@ class PeerConfig:
     tls: bool = False
 
     def __post_init__(self) -> None:
-        _check_ae("ae_title", self.ae_title)
-        _check_port("return_port", self.return_port, allow_zero=True)
+        check_ae_title("ae_title", self.ae_title)
+        check_port("return_port", self.return_port, allow_zero=True)
         if self.return_ae_title:
-            _check_ae("return_ae_title", self.return_ae_title)
+            check_ae_title("return_ae_title", self.return_ae_title)
 
 
 @dataclass(frozen=True)
@@ -263,9 +269,9 @@ class DestinationConfig:
             "name",
             f"must be 1-40 letters, digits, '-' or '_' and not {CALLER!r}",
         )
-        _check_ae("ae_title", self.ae_title)
+        check_ae_title("ae_title", self.ae_title)
         _require(bool(self.host), "host", "is required")
-        _check_port("port", self.port)
+        check_port("port", self.port)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import queue
 import tempfile
 import time
@@ -17,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 from pynetdicom import AE, Association, evt
 from pynetdicom.sop_class import CTImageStorage, SegmentationStorage
 
 from medseg.durable import write_bytes
-from medseg.errors import MedsegError, OutputError
+from medseg.errors import ConfigError, MedsegError, OutputError
+from medseg.server.config import check_ae_title, check_port
 from medseg.server.listener import TRANSFER_SYNTAXES
 
 logger = logging.getLogger(__name__)
@@ -32,16 +35,32 @@ class DemoError(MedsegError):
     """The listener could not be reached, refused the series, or sent nothing back in time."""
 
 
+# The phantom of seed 0 has no lesion, so its SEG is empty and proves little; seed 1 has
+# one liver lesion of 39 mm (medseg.phantom.generate_phantom(1).lesion_list).
+DEMO_SEED = 1
+
+
 @dataclass(frozen=True)
 class DemoOptions:
+    """Where to send the phantom and wait for its SEG; checked here, before any socket
+    opens, so a typo is one line (exit 3) rather than a traceback from pynetdicom."""
+
     host: str = "127.0.0.1"
     port: int = 11112
     called_ae: str = "MEDSEG"
     calling_ae: str = "MEDSEG-DEMO"
     receive_port: int = 11113
     timeout: float = 300.0
-    seed: int = 0
+    seed: int = DEMO_SEED
     output: Path | None = None
+
+    def __post_init__(self) -> None:
+        check_ae_title("--called-ae", self.called_ae)
+        check_ae_title("--calling-ae", self.calling_ae)
+        check_port("--port", self.port)
+        check_port("--receive-port", self.receive_port)
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
+            raise ConfigError(f"--timeout: must be a number of seconds > 0, got {self.timeout}")
 
 
 @dataclass(frozen=True)
@@ -56,13 +75,24 @@ class DemoResult:
     referenced: int
     seconds: float
     output: Path | None
+    marked_voxels: int = 0
+    marked_frames: int = 0
+    phantom_lesions: int = 0
 
     def summary(self) -> str:
+        if self.marked_voxels:
+            mask = f"{self.marked_voxels} voxel(s) marked on {self.marked_frames} frame(s)"
+        else:
+            mask = (
+                f"EMPTY: nothing was segmented (the phantom has {self.phantom_lesions} lesion(s))"
+            )
         lines = [
-            f"sent       {self.instances_sent} CT instances of series {self.series_uid}",
+            f"sent       {self.instances_sent} CT instances of series {self.series_uid} "
+            f"(a phantom with {self.phantom_lesions} lesion(s))",
             f"received   SEG {self.seg_uid} after {self.seconds:.1f} s",
             f"content    {self.frames} frame(s), segment(s): {', '.join(self.segments)}, "
             f"referencing {self.referenced} of the sent instances",
+            f"mask       {mask}",
         ]
         if self.output:
             lines.append(f"saved      {self.output}")
@@ -132,6 +162,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         except OSError as exc:
             raise OutputError(f"cannot save the SEG to {options.output}: {exc}") from exc
     refs = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    marked_voxels, marked_frames = marked(seg)
     return DemoResult(
         series_uid=phantom.series_instance_uid,
         instances_sent=len(files),
@@ -141,7 +172,18 @@ def run_demo(options: DemoOptions) -> DemoResult:
         referenced=len(refs),
         seconds=seconds,
         output=options.output,
+        marked_voxels=marked_voxels,
+        marked_frames=marked_frames,
+        phantom_lesions=len(phantom.phantom.lesion_list),
     )
+
+
+def marked(seg: pydicom.Dataset) -> tuple[int, int]:
+    """(non-zero voxels, frames holding any) of a SEG: an all-empty SEG is valid DICOM (it
+    lists every frame, blank) and must not read as a finding."""
+    frames = np.asarray(seg.pixel_array).reshape(int(seg.get("NumberOfFrames", 1)), -1)
+    per_frame = np.count_nonzero(frames, axis=1)
+    return int(per_frame.sum()), int(np.count_nonzero(per_frame))
 
 
 def _wait_for_seg(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 from pathlib import Path
@@ -182,3 +183,84 @@ def test_nan_and_inf_are_valid_json(tmp_path: Path) -> None:
     (row,) = json.loads(out_json.read_text())["cases"]
     assert row["hd"] == "inf" and row["precision"] is None and row["dice"] == 0.0
     assert read_mask(tmp_path / "p.nii.gz").segments[0].number == 1
+
+
+def test_a_report_into_a_missing_folder_is_an_output_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pred_dir, truth_dir, _ = _cohort(tmp_path)
+    out_csv = tmp_path / "nonexist" / "r.csv"
+    assert main(["eval", str(pred_dir), str(truth_dir), "--csv", str(out_csv)]) == 6
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err, err
+    assert not out_csv.parent.exists()
+
+
+def _mismatched_case(tmp_path: Path, pred_labels: list[str], **pred_header: str) -> list[str]:
+    """A truth SEG "Liver"... and a prediction SEG of the same series whose source headers
+    are changed as ``pred_header`` says; returns the eval command without options."""
+    series = write_ct_series(tmp_path / "ct", (6, 12, 12))
+    mask = np.zeros((6, 12, 12, 1), bool)
+    mask[2:4, 3:8, 3:8, 0] = True
+    write_seg(tmp_path / "truth" / "case.dcm", series, mask, ["Liver"])
+    sources = [copy.deepcopy(ds) for ds in series]
+    for ds in sources:
+        for keyword, value in pred_header.items():
+            setattr(ds, keyword, value)
+    write_seg(tmp_path / "pred" / "case.dcm", sources, mask, pred_labels)
+    return ["eval", str(tmp_path / "pred"), str(tmp_path / "truth"), "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    ("pred_labels", "pred_header", "words"),
+    [
+        (["Liver"], {"PatientID": "SOMEONE-ELSE"}, "patient ID"),
+        (["Liver"], {"FrameOfReferenceUID": "1.2.826.0.1.3680043.8.498.1"}, "frame of reference"),
+        (["Lesion"], {}, "segment meaning (predicted 'Lesion', true 'Liver')"),
+    ],
+)
+def test_a_mismatched_case_is_refused_unless_allowed(
+    tmp_path: Path, capsys: pytest.CaptureFixture, pred_labels, pred_header, words
+) -> None:
+    argv = _mismatched_case(tmp_path, pred_labels, **pred_header)
+    out_json = tmp_path / "r.json"
+    assert main([*argv, "--json", str(out_json)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("medseg eval: error: case case"), err
+    assert words in err and "--allow-mismatch" in err, err
+    assert "METRICS01" not in err and "SOMEONE-ELSE" not in err  # no patient IDs printed
+    assert not out_json.exists()
+    assert main([*argv, "--json", str(out_json), "--allow-mismatch"]) == 0
+    captured = capsys.readouterr()
+    assert "medseg eval: warning: case case:" in captured.err and words in captured.err
+    assert json.loads(out_json.read_text())["cases"][0]["dice"] == 1.0
+
+
+def test_a_segment_map_states_the_correspondence_so_labels_are_not_compared(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = _mismatched_case(tmp_path, ["Lesion"])
+    assert main([*argv, "--segment-map", "Lesion:Liver"]) == 0
+    assert "differ" not in capsys.readouterr().err
+
+
+def test_nifti_against_seg_compares_only_what_both_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A NIfTI carries no patient or frame of reference, and an unnamed label no meaning."""
+    argv = _mismatched_case(tmp_path, ["Liver"], PatientID="SOMEONE-ELSE")
+    truth = read_mask(tmp_path / "truth" / "case.dcm")
+    (tmp_path / "truth" / "case.dcm").unlink()
+    _write(tmp_path / "truth" / "case.nii.gz", truth.mask(1), truth.grid)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "differ" not in capsys.readouterr().err
+
+
+def test_an_unreadable_case_still_fails_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    pred_dir, truth_dir, _ = _cohort(tmp_path)
+    (pred_dir / "case02.nrrd").write_bytes(b"NRRD0004\nnot really\n")
+    assert main(["eval", str(pred_dir), str(truth_dir), "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    assert "2 case(s) scored, 1 failed" in captured.out and "case case02 not scored" in captured.err

@@ -260,3 +260,19 @@ def test_card_asks_for_edge_refinement_only_when_exported_with_it(tmp_path, caps
         assert main([*argv, *wrong]) == 3
         assert message in capsys.readouterr().err
         assert not bad.exists() and not bad.with_suffix(".json").exists()
+
+
+def test_export_into_a_missing_folder_is_refused_and_creates_nothing(tmp_path, capsys):
+    out = tmp_path / "nonexist" / "x.onnx"
+    argv = ["model", "export", "--checkpoint", "none", "--config", "micro", "-o", str(out)]
+    assert main(argv) == 6
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err, err
+    assert not out.parent.exists()
+
+
+def test_info_on_a_missing_file_says_not_found(tmp_path, capsys):
+    assert main(["model", "info", str(tmp_path / "nonexist.onnx")]) == 4
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model file not found" in err, err
+    assert "model card" not in err

@@ -151,7 +151,7 @@ def test_cli_lesion_organs_reach_the_phantom(tmp_path: Path, capsys) -> None:
     assert "spleen" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exited:
         main([*args, "--overwrite", "--lesion-organs", "1,2"])
-    assert exited.value.code == 2
+    assert exited.value.code == 3  # argparse usage errors: bad option, not bad DICOM
     assert "LIVER,SPLEEN,KIDNEY" in capsys.readouterr().err
 
 
@@ -163,7 +163,7 @@ def test_cli_lesion_size_reaches_the_phantom(tmp_path: Path, capsys) -> None:
     assert len(sizes) == 8 and all(5 <= mm <= 8 for mm in sizes)
     with pytest.raises(SystemExit) as exited:
         main([*args, "--overwrite", "--lesion-size", "big"])
-    assert exited.value.code == 2
+    assert exited.value.code == 3  # argparse usage errors: bad option, not bad DICOM
     assert "MIN-MAX" in capsys.readouterr().err
     for wrong in ("0.5-3", "9-6"):
         assert main([*args, "--overwrite", "--lesion-size", wrong]) == 3

@@ -165,7 +165,7 @@ def test_many_skipped_files_list_the_first_few_unless_verbose(
     report = _report(capsys.readouterr().err)
     assert len(report) == 1 + 2 + 1
     assert report[-1] == "  ... and 2 more (run with -v to list all)"
-    assert main(["-v", *argv]) == 0
+    assert main(["-v", *argv, "--force"]) == 0  # the same output again
     report = _report(capsys.readouterr().err)
     assert len([line for line in report if line.startswith("  skipped ")]) == 4
     assert not any(line.startswith("  ...") for line in report)
@@ -264,3 +264,38 @@ def test_overflowing_prompt_and_window_numbers_are_refused(
         3,
         "percentiles",
     )
+
+
+def _one_line_error(capsys, argv: list[str], code: int, words: str) -> None:
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("medseg segment: error:") and words in err, err
+
+
+@pytest.mark.parametrize("force", [(), ("--force",)])
+def test_output_over_an_input_file_is_refused_even_with_force(
+    tmp_path: Path, bright_model: Path, capsys, force: tuple[str, ...]
+) -> None:
+    written = write_series(tmp_path / "ct", _values())
+    target = written.paths[0]
+    before = target.read_bytes()
+    for inputs in (tmp_path / "ct", target):  # named itself, or inside an input folder
+        argv = _argv(inputs, target, bright_model, *force)
+        _one_line_error(capsys, argv, 6, "will not write over the input file")
+        assert target.read_bytes() == before
+    preview = _argv(tmp_path / "ct", tmp_path / "seg.dcm", bright_model, "--preview", str(target))
+    _one_line_error(capsys, [*preview, *force], 6, "input file")
+    assert target.read_bytes() == before and not (tmp_path / "seg.dcm").exists()
+
+
+def test_existing_output_is_overwritten_only_with_force(
+    tmp_path: Path, out_dir: Path, bright_model: Path, capsys
+) -> None:
+    write_series(tmp_path / "ct", _values())
+    out = out_dir / "seg.dcm"
+    out.write_bytes(b"an earlier result")
+    _one_line_error(capsys, _argv(tmp_path / "ct", out, bright_model), 6, "pass --force")
+    assert out.read_bytes() == b"an earlier result"
+    assert main(_argv(tmp_path / "ct", out, bright_model, "--force")) == 0
+    assert pydicom.dcmread(out).Modality == "SEG"

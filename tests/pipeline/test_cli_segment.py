@@ -177,7 +177,7 @@ def test_cli_mr_series_uses_percentile_window(
     expected_ml = 4 * 20 * 24 * 2.5 * 0.8 * 0.7 / 1000
     assert f"{expected_ml:.2f} ml" in capsys.readouterr().out
     # a fixed window centred far above the block sees nothing: an empty SEG
-    assert main([*argv, "--window", "2000/100", "--no-progress"]) == 0
+    assert main([*argv, "--window", "2000/100", "--no-progress", "--force"]) == 0
     assert " 0.00 ml" in capsys.readouterr().out
 
 
