@@ -11,7 +11,7 @@ video or a volume. Only the slices the lesion reaches are run, so one click on a
 
 Stopping rules (plain SAM2 overshoots where an object ends): a slice's answer must
 overlap the previous slice's mask (dilated by one pixel), must not grow past
-``max_growth`` times the previous area, and propagation ends at the first slice with
+``max_growth`` times the previous area (at least 25 pixels of the crop), and propagation ends at the first slice with
 nothing left. Each positive prompt is one lesion; negative clicks on a slice are drawn
 into every prompt of that slice and, afterwards, drop any part of a lesion they hit.
 """
@@ -32,6 +32,7 @@ from medseg.prompts import PointPrompt, Prompt, box_bounds, point_index
 from medseg.tiling import Region, Tile
 
 log = logging.getLogger(__name__)
+MIN_AREA = 25  # crop pixels: the smallest previous area the growth limit is measured on
 
 # runs the network on tiles (one crop shape per call) with prompt maps (n, 2, H, W) and
 # returns probabilities on the tiles' own grid (n, rows, cols)
@@ -249,7 +250,9 @@ def _propagate(slices, run, crop, fronts, negative, rule, found) -> int:
         following = []
         for (k, step, previous), prob in zip(active, probs, strict=True):
             mask = _overlapping(prob > rule.level, previous)
-            if not mask.any() or mask.sum() > rule.max_growth * max(previous.sum(), 4):
+            # a small cross-section may well grow (a click on a lesion's end slice), so the
+            # limit counts at least MIN_AREA pixels for the previous slice
+            if not mask.any() or mask.sum() > rule.max_growth * max(previous.sum(), MIN_AREA):
                 continue
             found[k] = (mask, prob)
             nxt = k + step
