@@ -11,9 +11,10 @@ video or a volume. Only the slices the lesion reaches are run, so one click on a
 
 Stopping rules (plain SAM2 overshoots where an object ends): a slice's answer must
 overlap the previous slice's mask (dilated by one pixel), must not grow past
-``max_growth`` times the previous area (at least 25 pixels of the crop), and propagation ends at the first slice with
-nothing left. Each positive prompt is one lesion; negative clicks on a slice are drawn
-into every prompt of that slice and, afterwards, drop any part of a lesion they hit.
+``max_growth`` times the previous area (at least 25 pixels of the crop), and propagation
+ends at the first slice with nothing left. Each positive prompt is one lesion; negative
+clicks on a slice are drawn into every prompt of that slice and, afterwards, drop any part
+of a lesion they hit.
 """
 
 from __future__ import annotations
