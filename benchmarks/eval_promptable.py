@@ -36,7 +36,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
-def evaluate_series(model, truth, labels, flips) -> dict:
+def evaluate_series(model, truth, labels, flips, prompts: bool = True) -> dict:
     volume = load_series(truth.series_dir).volume
     options = SegmentOptions(model=model.path, test_time_flips=flips)
     auto = segment_volume_result(volume, model.engine, model.card, options).mask
@@ -50,7 +50,7 @@ def evaluate_series(model, truth, labels, flips) -> dict:
         "point": [],
         "box": [],
     }
-    if not model.card.promptable:
+    if not model.card.promptable or not prompts:
         return row
     for lesion in truth.lesions:
         target = labels == lesion.number
@@ -107,6 +107,7 @@ def main() -> int:
         help="apply medseg 4.4.0's refinement (3 mm guided filter, across slices, rims "
         "0.55 / trim 0.4) to automatic segmentation, to see whether it earns its place",
     )
+    parser.add_argument("--auto-only", action="store_true", help="no prompted runs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     flips = () if args.flips == "none" else None
@@ -133,7 +134,7 @@ def main() -> int:
                     truth, labels = read_scene_truth(folder)
                 else:
                     truth, labels = write_scene_series(folder, seed, family, modality)
-                row = evaluate_series(model, truth, labels, flips)
+                row = evaluate_series(model, truth, labels, flips, not args.auto_only)
                 row["seed"] = seed
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
