@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from medseg.errors import ConfigError, OutputError
 from medseg.modelcard import Code, ModelCard, SegmentSpec
+from medseg.synthetic.dicomfile import SyntheticSeries, write_slice
 
 log = logging.getLogger(__name__)
 
@@ -542,63 +542,30 @@ def _write_ct_series(phantom: Phantom, folder: Path, unique_uids: bool) -> tuple
         key = (*key, generate_uid())  # fresh identities for the same pixels
     study_uid, series_uid, frame_uid = _uid(key, "study"), _uid(key, "series"), _uid(key, "for")
     folder.mkdir(parents=True, exist_ok=True)
-    intercept = -1024
+    series = SyntheticSeries(
+        patient_name=f"PHANTOM^Synthetic{phantom.seed:05d}",
+        patient_id=f"PHANTOM-{phantom.seed:05d}",
+        study_uid=study_uid,
+        series_uid=series_uid,
+        frame_uid=frame_uid,
+        study_id=f"PH{phantom.seed:05d}",
+        study_description="medseg synthetic phantom (not a patient)",
+        series_description=f"phantom seed {phantom.seed} {phantom.contrast_phase}",
+        model_name="medseg phantom",
+        body_part="ABDOMEN",
+    )
     for k in range(cfg.slices):
-        ds = Dataset()
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = _uid(key, "image", k)
-        ds.PatientName = f"PHANTOM^Synthetic{phantom.seed:05d}"
-        ds.PatientID = f"PHANTOM-{phantom.seed:05d}"
-        ds.PatientBirthDate = "19000101"
-        ds.PatientSex = "O"
-        ds.PatientIdentityRemoved = "YES"
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
-        ds.StudyID = f"PH{phantom.seed:05d}"[:16]
-        ds.AccessionNumber = f"PH{phantom.seed:05d}"[:16]
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "medseg synthetic phantom (not a patient)"
-        ds.SeriesDescription = f"phantom seed {phantom.seed} {phantom.contrast_phase}"
-        ds.Modality = "CT"
-        ds.BodyPartExamined = "ABDOMEN"
-        ds.Manufacturer = "medseg"
-        ds.ManufacturerModelName = "medseg phantom"
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.PositionReferenceIndicator = ""
-        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        ds.PatientPosition = "FFS"
-        ds.ImagePositionPatient = [
-            phantom.origin[0],
-            phantom.origin[1],
-            phantom.origin[2] + k * cfg.slice_spacing,
-        ]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [cfg.pixel_spacing, cfg.pixel_spacing]
-        ds.SliceThickness = cfg.slice_spacing
-        ds.SpacingBetweenSlices = cfg.slice_spacing
-        ds.KVP = 120
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = cfg.size
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept = intercept
-        ds.RescaleSlope = 1
-        ds.RescaleType = "HU"
-        ds.WindowCenter, ds.WindowWidth = 40, 400
-        ds.PixelData = (phantom.hu[k].astype(np.int32) - intercept).astype(np.int16).tobytes()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        ds.save_as(folder / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
+        x, y, z = phantom.origin
+        write_slice(
+            folder / f"IM{k + 1:04d}.dcm",
+            series,
+            sop_instance_uid=_uid(key, "image", k),
+            instance_number=k + 1,
+            position=(x, y, z + k * cfg.slice_spacing),
+            pixel_spacing=cfg.pixel_spacing,
+            thickness=cfg.slice_spacing,
+            values=phantom.hu[k],
+        )
     return series_uid, study_uid
 
 

@@ -17,11 +17,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from medseg.errors import OutputError
+from medseg.synthetic.dicomfile import SyntheticSeries, write_slice
 from medseg.synthetic.scene import Scene, random_scene, render
 
 
@@ -177,64 +177,33 @@ def _write_files(
 ) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     key = (seed, scene.family, scene.modality)
-    study, series, frame = _uid(key, "study"), _uid(key, "series"), _uid(key, "for")
-    ct = scene.modality == "CT"
-    origin = -scene.fov_mm / 2 + spacing / 2
-    if ct:
-        stored = np.clip(np.rint(image) + 1024, -32768, 32767).astype(np.int16)
-    else:
+    series = SyntheticSeries(
+        patient_name=f"SYNTHETIC^{scene.family}{seed}",
+        patient_id=f"SYN-{scene.family[:3].upper()}-{seed}",
+        study_uid=_uid(key, "study"),
+        series_uid=_uid(key, "series"),
+        frame_uid=_uid(key, "for"),
+        study_id=f"S{seed}",
+        study_description="medseg synthetic scene (not a patient)",
+        series_description=f"synthetic {scene.family} {scene.modality} seed {seed}",
+        model_name="medseg synthetic",
+        modality=scene.modality,
+    )
+    if scene.modality == "MR":  # keep the signal inside uint16
         top = max(float(image.max()), 1.0)
-        scale = min(1.0, 4000.0 / top) if top > 4000 else 1.0
-        stored = np.clip(np.rint(image * scale), 0, 65535).astype(np.uint16)
+        image = image * (4000.0 / top if top > 4000 else 1.0)
+    origin = -scene.fov_mm / 2 + spacing / 2
     for k in range(len(zs)):
-        ds = Dataset()
-        ds.SOPClassUID = CTImageStorage if ct else MRImageStorage
-        ds.SOPInstanceUID = _uid(key, "image", k)
-        ds.PatientName = f"SYNTHETIC^{scene.family}{seed}"
-        ds.PatientID = f"SYN-{scene.family[:3].upper()}-{seed}"
-        ds.PatientBirthDate = "19000101"
-        ds.PatientSex = "O"
-        ds.PatientIdentityRemoved = "YES"
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20000101"
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
-        ds.StudyID = f"S{seed}"[:16]
-        ds.AccessionNumber = f"S{seed}"[:16]
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "medseg synthetic scene (not a patient)"
-        ds.SeriesDescription = f"synthetic {scene.family} {scene.modality} seed {seed}"
-        ds.Modality = scene.modality
-        ds.Manufacturer = "medseg"
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = k + 1
-        ds.PositionReferenceIndicator = ""
-        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        ds.PatientPosition = "FFS"
-        ds.ImagePositionPatient = [origin, origin, float(zs[k])]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [spacing, spacing]
-        ds.SliceThickness = thickness
-        ds.SpacingBetweenSlices = thickness
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = image.shape[1:]
-        ds.BitsAllocated = ds.BitsStored = 16
-        ds.HighBit = 15
-        if ct:
-            ds.PixelRepresentation = 1
-            ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-            ds.WindowCenter, ds.WindowWidth = 40, 400
-        else:
-            ds.PixelRepresentation = 0
-            ds.ScanningSequence, ds.SequenceVariant, ds.MRAcquisitionType = "SE", "NONE", "2D"
-            ds.MagneticFieldStrength = 1.5
-        ds.PixelData = stored[k].tobytes()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = ds.SOPClassUID
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        ds.save_as(folder / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
+        write_slice(
+            folder / f"IM{k + 1:04d}.dcm",
+            series,
+            sop_instance_uid=_uid(key, "image", k),
+            instance_number=k + 1,
+            position=(origin, origin, float(zs[k])),
+            pixel_spacing=spacing,
+            thickness=thickness,
+            values=image[k],
+        )
 
 
 def voxel_volume_ml(spacing: tuple[float, float, float]) -> float:

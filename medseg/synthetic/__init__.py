@@ -1,0 +1,2 @@
+"""The procedural generator: random scenes of three families, training samples with
+simulated prompts, and DICOM series with their truth (docs/synthetic.md)."""
