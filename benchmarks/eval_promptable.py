@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.dicom import load_series
+from medseg.modelcard import parse_flips
 from medseg.pipeline import SegmentOptions, load_model, segment_volume_result
 from medseg.prompts import BoxPrompt, PointPrompt
 from medseg.synthetic.series import read_scene_truth, write_scene_series
@@ -100,7 +101,7 @@ def main() -> int:
     parser.add_argument("--modalities", default="CT,MR")
     parser.add_argument("--seeds", default="9000-9009")
     parser.add_argument("--data", type=Path, required=True, help="where series are cached")
-    parser.add_argument("--flips", default=None, help="'none' to turn test-time flips off")
+    parser.add_argument("--flips", default=None, help="test-time flips ('none', 'horizontal')")
     parser.add_argument(
         "--refine",
         action="store_true",
@@ -110,7 +111,7 @@ def main() -> int:
     parser.add_argument("--auto-only", action="store_true", help="no prompted runs")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    flips = () if args.flips == "none" else None
+    flips = None if args.flips is None else parse_flips(args.flips)
     model = load_model(SegmentOptions(model=args.model))
     if args.refine:
         card = replace(
