@@ -109,10 +109,15 @@ def main() -> int:
         "0.55 / trim 0.4) to automatic segmentation, to see whether it earns its place",
     )
     parser.add_argument("--auto-only", action="store_true", help="no prompted runs")
+    parser.add_argument(
+        "--no-refine", action="store_true", help="turn the card's refinement off (radius 0)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     flips = None if args.flips is None else parse_flips(args.flips)
     model = load_model(SegmentOptions(model=args.model))
+    if args.no_refine:
+        model = replace(model, card=replace(model.card, refine_radius_mm=0.0))
     if args.refine:
         card = replace(
             model.card,

@@ -26,6 +26,7 @@ from medseg.model.checkpoint import load_checkpoint, save_checkpoint
 from medseg.model.config import resolve_config
 from medseg.model.losses import deep_supervision_loss
 from medseg.model.sam2unet import SAM2UNet
+from medseg.model.train import last_path
 from medseg.modelcard import ModelCard
 from medseg.synthetic.samples import SampleConfig, SampleStream
 from medseg.synthetic.shapes import FAMILIES
@@ -200,6 +201,7 @@ def _train(options: SyntheticTrainOptions) -> SyntheticTrainResult:
             scheduler.step()
             losses.append(float(loss.detach()))
         scores = validate(model, val_data, card)
+        cropped = epoch < options.crop_epochs
         record = {
             "epoch": epoch + 1,
             "mean_loss": float(np.mean(losses)),
@@ -207,7 +209,9 @@ def _train(options: SyntheticTrainOptions) -> SyntheticTrainResult:
             "seconds": time.monotonic() - tick,
         }
         history.append(record)
-        improved = scores["dice"] > best
+        # crop epochs do not train for the served geometry: the kept epoch is a whole-input
+        # one (unless the run has none)
+        improved = scores["dice"] > best and (not cropped or options.crop_epochs >= options.epochs)
         if improved:
             best, best_epoch = scores["dice"], epoch + 1
         log.warning(
@@ -228,6 +232,9 @@ def _train(options: SyntheticTrainOptions) -> SyntheticTrainResult:
         }
         if improved:
             save_checkpoint(options.output, model, config_name=config_name, training=training)
+        save_checkpoint(
+            last_path(options.output), model, config_name=config_name, training=training
+        )
         elapsed = (time.monotonic() - started) / 60
         if options.max_minutes is not None and elapsed > options.max_minutes:
             log.warning("stopping after %.1f min (--max-minutes)", elapsed)
