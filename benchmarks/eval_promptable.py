@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from medseg.dicom import load_series
-from medseg.modelcard import parse_flips
 from medseg.pipeline import SegmentOptions, load_model, segment_volume_result
 from medseg.prompts import BoxPrompt, PointPrompt
 from medseg.synthetic.series import read_scene_truth, write_scene_series
@@ -101,7 +100,7 @@ def main() -> int:
     parser.add_argument("--modalities", default="CT,MR")
     parser.add_argument("--seeds", default="9000-9009")
     parser.add_argument("--data", type=Path, required=True, help="where series are cached")
-    parser.add_argument("--flips", default=None, help="test-time flips ('none', 'horizontal')")
+    parser.add_argument("--flips", default=None, help="'none' to turn test-time flips off")
     parser.add_argument(
         "--refine",
         action="store_true",
@@ -114,7 +113,7 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    flips = None if args.flips is None else parse_flips(args.flips)
+    flips = () if args.flips == "none" else None
     model = load_model(SegmentOptions(model=args.model))
     if args.no_refine:
         model = replace(model, card=replace(model.card, refine_radius_mm=0.0))

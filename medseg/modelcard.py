@@ -255,14 +255,11 @@ def bundled_models_dir() -> Path:
 
 
 DEFAULT_MODEL_NAME = "sam2unet_phantom.onnx"
-# prompted jobs that name no model run on the bundled promptable model (models/README.md)
-DEFAULT_PROMPT_MODEL_NAME = "sam2unet_prompt.onnx"
 
 
-def default_model_path(promptable: bool = False) -> Path:
-    """The bundled default model file (``promptable``: the one for prompted jobs), with a
-    clear error if it is absent."""
-    path = bundled_models_dir() / (DEFAULT_PROMPT_MODEL_NAME if promptable else DEFAULT_MODEL_NAME)
+def default_model_path() -> Path:
+    """The bundled default model file, with a clear error if it is absent."""
+    path = bundled_models_dir() / DEFAULT_MODEL_NAME
     if not path.is_file():
         raise ConfigError(f"bundled model {path} is missing; pass --model or see models/README.md")
     return path

@@ -244,7 +244,7 @@ class Service:
         (its workers run beside it), one feeding Redis workers elsewhere checks nothing:
         those workers check at their own start.
         """
-        rule_models = [(rule.model, bool(rule.prompts)) for rule in self.config.rules]
+        rule_models = [rule.model for rule in self.config.rules]
         if not rule_models:
             self._models_checked = True
             return []
@@ -252,7 +252,7 @@ class Service:
             if self.workers > 0 and hasattr(self._segmenter, "preload"):
                 paths = self._segmenter.preload(rule_models)
             elif self.workers == 0 and self.config.queue.backend == "sqlite":
-                paths = [self._check_model_file(*model) for model in rule_models]
+                paths = [self._check_model_file(model) for model in rule_models]
             else:
                 paths = []
             self._check_rule_prompts()
@@ -271,16 +271,16 @@ class Service:
 
         for rule in self.config.rules:
             if rule.prompts:
-                path = PipelineSegmenter(self.config.model).model_path(rule.model, True)
+                path = PipelineSegmenter(self.config.model).model_path(rule.model)
                 try:
                     check_promptable(load_card_for(path))
                 except MedsegError as exc:
                     raise type(exc)(f"rule {rule.name!r} has prompts: {exc}") from exc
 
-    def _check_model_file(self, rule_model: str, promptable: bool = False) -> Path:
+    def _check_model_file(self, rule_model: str) -> Path:
         from medseg.pipeline import SegmentOptions, resolve_model
 
-        path = PipelineSegmenter(self.config.model).model_path(rule_model, promptable)
+        path = PipelineSegmenter(self.config.model).model_path(rule_model)
         resolve_model(SegmentOptions(model=path))
         return path
 

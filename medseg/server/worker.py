@@ -74,7 +74,7 @@ class PipelineSegmenter:
         from medseg.server.ruleprompts import parse_rule_prompts
 
         return SegmentOptions(
-            model=self.model_path(job.model, bool(job.prompts)),
+            model=self.model_path(job.model),
             backend=self.config.backend,
             threads=self.config.threads or None,
             providers=self.config.providers,
@@ -84,20 +84,14 @@ class PipelineSegmenter:
             series_uid=job.series_uid,
         )
 
-    def model_path(self, rule_model: str = "", promptable: bool = False) -> Path:
-        """The resolved model file for a rule's ``model`` ('' = [model].path, '' = bundled:
-        the bundled promptable model for a rule with prompts)."""
-        from medseg.modelcard import (
-            DEFAULT_MODEL_NAME,
-            DEFAULT_PROMPT_MODEL_NAME,
-            bundled_models_dir,
-        )
+    def model_path(self, rule_model: str = "") -> Path:
+        """The resolved model file for a rule's ``model`` ('' = [model].path, '' = bundled)."""
+        from medseg.modelcard import DEFAULT_MODEL_NAME, bundled_models_dir
 
         model = rule_model or self.config.path
         if model:
             return Path(model).expanduser().resolve()
-        name = DEFAULT_PROMPT_MODEL_NAME if promptable else DEFAULT_MODEL_NAME
-        bundled = bundled_models_dir() / name
+        bundled = bundled_models_dir() / DEFAULT_MODEL_NAME
         if not bundled.is_file():
             raise ModelError(
                 f"the bundled model {bundled} is missing: set [model].path (or a rule's model) "
@@ -123,9 +117,8 @@ class PipelineSegmenter:
                     self._models[key] = loaded
             return loaded
 
-    def preload(self, rule_models: list[tuple[str, bool]]) -> list[Path]:
-        """Open every model the rules name now (``(model, has prompts)`` per rule): a broken
-        one stops the service at start."""
+    def preload(self, rule_models: list[str]) -> list[Path]:
+        """Open every model the rules name now: a broken one stops the service at start."""
         from dataclasses import replace
 
         from medseg.pipeline import SegmentOptions
@@ -135,7 +128,7 @@ class PipelineSegmenter:
             threads=self.config.threads or None,
             providers=self.config.providers,
         )
-        paths = list(dict.fromkeys(self.model_path(m, p) for m, p in rule_models))
+        paths = list(dict.fromkeys(self.model_path(m) for m in rule_models))
         for path in paths:
             self.model(replace(base, model=path))
         return paths
