@@ -1,5 +1,4 @@
-"""The bundled default model: present, small, documented, promptable, and it finds lesions
-that no medseg generator made, automatically and from one click or one box."""
+"""The bundled default model: present, small, documented, and a real SAM2-UNet graph."""
 
 from __future__ import annotations
 
@@ -7,13 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-import pydicom
-import pytest
 
 from medseg.cli import main
 from medseg.model.export import sha256_of
 from medseg.modelcard import DEFAULT_MODEL_NAME, default_model_path, load_card_for
-from tests.model.plain_series import PlainSeries, write_plain_series
+from tests.model.plain_series import write_plain_series
 
 
 def test_bundled_model_is_the_default_and_its_card_describes_it():
@@ -24,52 +21,73 @@ def test_bundled_model_is_the_default_and_its_card_describes_it():
     assert card.architecture == "SAM2-UNet"
     assert card.extra["sha256"] == sha256_of(path)
     assert "not for clinical use" in card.intended_use
-    assert card.promptable and card.prompt_input == "prompt"
     training = card.extra["training"]
-    assert (
-        training["command"].startswith("medseg ") and " train --synthetic " in training["command"]
-    )
-    assert "rippled" not in training["families"]  # the held-out family
+    assert training["command"].startswith("medseg ") and " train --data " in training["command"]
     assert 0.0 < training["val_dice"] <= 1.0
-    notes = card.extra["notes"]
-    for key in ("heldout_dice", "reproduce", "chosen_on", "real_ct"):
-        assert notes.get(key), key
+    assert "medseg phantom" in card.extra["notes"]["trained_on"]
 
 
 def test_bundled_model_runs_with_the_card_contract():
     path = default_model_path()
     card = load_card_for(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert [i.name for i in session.get_inputs()] == [card.input_name, card.prompt_input]
     batch = np.zeros((1, card.channels, *card.input_size), dtype=np.float32)
-    prompt = np.zeros((1, 2, *card.input_size), dtype=np.float32)
-    feed = {card.input_name: batch, card.prompt_input: prompt}
-    (logits,) = session.run([card.output_name], feed)
+    (logits,) = session.run([card.output_name], {card.input_name: batch})
     assert logits.shape == (1, 1, *card.input_size)
     assert np.isfinite(logits).all()
 
 
+HELD_OUT_SEEDS = range(9000, 9010)  # never used for training (the card lists 1000-1047)
+
+
+# The issue's target on these ten seeds; 4.4.0 measures 0.865 here (0.855 on seeds
+# 9000-9049, 0.847 on 9050-9099, models/README.md; 4.3.0 with the rims untrimmed: 0.862,
+# 4.2.0 without the rims: 0.860, 4.1.0 without the refinement across slices: 0.854, 4.0.0
+# without any refinement: 0.832), so this also guards the card's refinement. The margin
+# is enough for other CPUs: adding noise of SD 0.5 to every logit (onnxruntime differs
+# from itself across instruction sets by ~1e-5) moved 4.3.0's mean by at most 0.001.
+MIN_MEAN_DICE = 0.85
+
+
+def test_bundled_model_end_to_end_dice_on_fresh_phantoms(tmp_path):
+    """As a user runs it: ``medseg phantom`` -> ``medseg segment`` (bundled model, no
+    --model) -> ``medseg eval`` against the phantom truth, on seeds never trained on."""
+    import json
+
+    data, preds, truths = tmp_path / "data", tmp_path / "pred", tmp_path / "truth"
+    first = str(HELD_OUT_SEEDS[0])
+    assert main(["phantom", str(data), "--count", str(len(HELD_OUT_SEEDS)), "--seed", first]) == 0
+    truths.mkdir()
+    preds.mkdir()
+    for folder in sorted(data.iterdir()):
+        (folder / "truth.seg.dcm").rename(truths / f"{folder.name}.seg.dcm")
+        out = preds / f"{folder.name}.seg.dcm"
+        assert main(["segment", str(folder / "ct"), "-o", str(out), "--no-progress"]) == 0
+    report = tmp_path / "eval.json"
+    assert main(["eval", str(preds), str(truths), "--no-progress", "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert len(result["cases"]) == len(HELD_OUT_SEEDS) and not result["errors"]
+    assert result["summary"]["Lesion"]["dice"]["mean"] >= MIN_MEAN_DICE
+
+
 # Series written with plain pydicom (tests/model/plain_series.py), by no medseg generator:
-# an ellipsoid lesion (26 x 22 x 18 mm) in an organ, at 0.75 mm / 2 mm (CT) and 1.17 mm /
-# 4 mm (MR), and a lesion-free CT. Thresholds: see models/README.md (measured values there).
-SERIES = {
-    "ct": dict(modality="CT", matrix=320, fov_mm=240.0, slices=30, thickness=2.0),
-    "mr": dict(modality="MR", matrix=256, fov_mm=300.0, slices=24, thickness=4.0),
-}
-MIN_AUTO_DICE = 0.0  # set from the measured values below
-MIN_PROMPT_DICE = 0.0
-MAX_FREE_ML = 1.0
+# an ellipsoid lesion (26 x 22 x 18 mm) in an organ, at 0.75 mm / 2 mm pixels / slices
+# (CT), and the same anatomy without a lesion. 4.4.0 measures Dice 0.9998 and 0.00 ml
+# (models/README.md). Its MR-like twin (tests/model/plain_series.py, modality "MR") gets
+# Dice 0: the model has never seen MR, which is recorded there, not asserted here.
+PLAIN_CT = dict(modality="CT", matrix=320, fov_mm=240.0, slices=30, thickness=2.0)
 
 
-def _segment(series: PlainSeries, out: Path, *prompt: str) -> np.ndarray:
-    argv = ["segment", str(series.folder), "-o", str(out), "--no-progress", *prompt]
-    assert main(argv) == 0
+def _segment_plain(folder: Path, out: Path) -> np.ndarray:
+    import pydicom
+
+    assert main(["segment", str(folder), "-o", str(out), "--no-progress"]) == 0
     seg = pydicom.dcmread(out)
-    mask = np.zeros(series.lesion.shape, dtype=bool)
-    uids = sorted(series.folder.iterdir())
+    files = sorted(folder.iterdir())
     index = {
-        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: k for k, p in enumerate(uids)
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: k for k, p in enumerate(files)
     }
+    mask = np.zeros((len(files), seg.Rows, seg.Columns), dtype=bool)
     frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
     for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
         source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
@@ -77,31 +95,26 @@ def _segment(series: PlainSeries, out: Path, *prompt: str) -> np.ndarray:
     return mask
 
 
-def _dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
-
-
-@pytest.mark.parametrize("name", sorted(SERIES))
-def test_bundled_model_finds_a_plain_lesion_automatically_and_from_a_click_or_a_box(
-    tmp_path: Path, name: str
-) -> None:
-    series = write_plain_series(tmp_path / name, **SERIES[name])
-    k, r, c = series.centre
-    r0, c0, r1, c1 = series.box
-    auto = _segment(series, tmp_path / "auto.seg.dcm")
-    click = _segment(series, tmp_path / "click.seg.dcm", "--point", f"{c},{r},{k}")
-    box = _segment(series, tmp_path / "box.seg.dcm", "--box", f"{c0},{r0},{c1},{r1}@{k}")
-    scores = {
-        m: _dice(mask, series.lesion)
-        for m, mask in (("auto", auto), ("click", click), ("box", box))
-    }
-    print(name, scores)
-    assert scores["auto"] >= MIN_AUTO_DICE, scores
-    assert scores["click"] >= MIN_PROMPT_DICE and scores["box"] >= MIN_PROMPT_DICE, scores
+def test_bundled_model_finds_a_lesion_no_medseg_generator_wrote(tmp_path: Path) -> None:
+    series = write_plain_series(tmp_path / "ct", **PLAIN_CT)
+    mask = _segment_plain(series.folder, tmp_path / "ct.seg.dcm")
+    dice = 2.0 * float((mask & series.lesion).sum()) / float(mask.sum() + series.lesion.sum())
+    assert dice >= 0.9, dice
 
 
 def test_bundled_model_finds_at_most_a_millilitre_in_a_lesion_free_series(tmp_path: Path) -> None:
-    series = write_plain_series(tmp_path / "free", lesion=False, seed=3, **SERIES["ct"])
-    mask = _segment(series, tmp_path / "free.seg.dcm")
-    voxel_ml = (240.0 / 320) ** 2 * 2.0 / 1000
-    assert float(mask.sum()) * voxel_ml <= MAX_FREE_ML
+    series = write_plain_series(tmp_path / "free", lesion=False, seed=3, **PLAIN_CT)
+    mask = _segment_plain(series.folder, tmp_path / "free.seg.dcm")
+    assert float(mask.sum()) * (240.0 / 320) ** 2 * 2.0 / 1000 <= 1.0
+
+
+def test_bundled_model_refuses_prompts_in_one_line(tmp_path: Path, capsys) -> None:
+    """The bundled model has no prompt input: a prompt is refused, not guessed around."""
+    series = write_plain_series(tmp_path / "ct", **PLAIN_CT)
+    k, r, c = series.centre
+    out = tmp_path / "pt.seg.dcm"
+    argv = ["segment", str(series.folder), "-o", str(out), "--point", f"{c},{r},{k}"]
+    assert main(argv) == 5
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "takes no prompts" in err
+    assert not out.exists()
