@@ -66,9 +66,9 @@ def test_a_prompt_free_checkpoint_starts_its_promptable_twin(tmp_path: Path):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("prompted")
+    torch.manual_seed(0)  # the same random network on every run
     model = build_sam2unet("phantom_prompt").eval()
-    torch.manual_seed(0)
-    torch.nn.init.normal_(model.prompt_embed.layers[-1].weight, std=0.5)
+    torch.nn.init.normal_(model.prompt_embed.layers[-1].weight, std=1.0)
     ckpt = folder / "prompted.pth"
     save_checkpoint(ckpt, model, config_name="phantom_prompt")
     out = folder / "prompted.onnx"
@@ -95,7 +95,8 @@ def test_the_exported_graph_takes_image_and_prompt_and_its_card_says_so(exported
         automatic = model(torch.from_numpy(x))[0].numpy()
     np.testing.assert_allclose(engine.run(x, maps), expected, atol=1e-3)
     np.testing.assert_allclose(engine.run(x), automatic, atol=1e-3)
-    assert np.abs(expected - automatic).max() > 1e-2  # the prompt changed the answer
+    # the prompt changed the answer (well beyond the 1e-3 engine tolerance above)
+    assert np.abs(expected - automatic).max() > 5e-3
     engine.close()
 
 
