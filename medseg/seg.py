@@ -345,8 +345,31 @@ def build_seg(
         # masks and parameters are checked above: what is left is the input series itself
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DicomInputError(f"cannot build a DICOM-SEG for this series: {reason}") from exc
-    seg.SeriesDescription = series_description[:64]
+    seg.SeriesDescription = labelled_description(series_description, card)
     return seg
+
+
+RESEARCH_LABEL = "RESEARCH ONLY, NOT CLINICAL"
+
+
+def research_only(card: ModelCard) -> bool:
+    """A model whose card says it is not for clinical use."""
+    return "not for clinical use" in card.intended_use.lower()
+
+
+def labelled_content(card: ModelCard, version: str) -> str:
+    """The Content Description (LO): the model, after the research label if it needs one."""
+    prefix = f"{RESEARCH_LABEL}: " if research_only(card) else ""
+    return prefix + f"{card.name} {version}"[: 64 - len(prefix)]
+
+
+def labelled_description(description: str, card: ModelCard) -> str:
+    """The Series Description (LO, 64 characters) a worklist shows: a research model's
+    results say so there, at the end, never cut off by a long description."""
+    if not research_only(card):
+        return description[:64]
+    suffix = f" ({RESEARCH_LABEL})"
+    return description[: 64 - len(suffix)].rstrip() + suffix
 
 
 def _raise_unsupported_sop_class(exc: KeyError, sources: list[pydicom.Dataset]) -> NoReturn:
@@ -417,7 +440,7 @@ def _segmentation(
         manufacturer_model_name=f"medseg {card.architecture}"[:64],
         software_versions=__version__,
         device_serial_number=_device_serial(),
-        content_description=f"{card.name} {version}"[:64],
+        content_description=labelled_content(card, version),
         content_label="MEDSEG",
         omit_empty_frames=not empty,
         max_fractional_value=FRACTIONAL_LEVELS,

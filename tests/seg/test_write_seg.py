@@ -89,7 +89,10 @@ def test_seg_header_patient_study_series_and_device(
     assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
     assert seg.SeriesInstanceUID != volume.series_instance_uid
     assert seg.SOPInstanceUID not in {f.sop_instance_uid for f in volume.frames}
-    assert seg.SeriesNumber == 77 and seg.SeriesDescription == "my description"
+    # the card says "research only, not for clinical use": the worklist's columns say so
+    assert seg.SeriesNumber == 77
+    assert seg.SeriesDescription == "my description (RESEARCH ONLY, NOT CLINICAL)"
+    assert seg.ContentDescription == "RESEARCH ONLY, NOT CLINICAL: sphere-finder 9.9"
     assert seg.Manufacturer == "medseg" and seg.SoftwareVersions == __version__
     assert seg.ManufacturerModelName and seg.DeviceSerialNumber
     algorithm = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
@@ -307,3 +310,24 @@ def test_output_path_preflight(tmp_path: Path) -> None:
                 check_output_path(locked / "s.dcm")
     finally:
         locked.chmod(0o700)
+
+
+def test_only_a_research_model_labels_its_results_so_and_the_label_survives_truncation(
+    oblique_sphere, tmp_path
+) -> None:
+    """Issue 23 item 11: the Series and Content Description a PACS worklist shows carry
+    the card's research-only status; a clinically cleared card's results do not."""
+    long = "x" * 80
+    seg = write_seg(
+        oblique_sphere.volume, oblique_sphere.mask[None], CARD, tmp_path / "r.dcm",
+        series_description=long,
+    )  # fmt: skip
+    assert len(seg.SeriesDescription) <= 64
+    assert seg.SeriesDescription.endswith("(RESEARCH ONLY, NOT CLINICAL)")
+    assert len(seg.ContentDescription) <= 64
+    cleared = ModelCard(name="sphere-finder", version="1.2.3", intended_use="cleared for use")
+    seg = write_seg(
+        oblique_sphere.volume, oblique_sphere.mask[None], cleared, tmp_path / "c.dcm",
+        series_description="plain",
+    )  # fmt: skip
+    assert seg.SeriesDescription == "plain" and "RESEARCH" not in seg.ContentDescription
