@@ -110,6 +110,21 @@ def resolve_window(volume: Volume, spec: str | None, card: ModelCard) -> Intensi
     return parse_fixed_window(text)
 
 
+def check_window_spec(spec: str) -> None:
+    """Refuse, without a volume, a window spec ``resolve_window`` would refuse later (a
+    configuration is checked at start, not when its first job fails)."""
+    text = str(spec).strip()
+    if _preset_key(text) in ("auto", "dicom"):
+        return
+    match = _PERCENTILES.match(text)
+    if match:
+        low, high = float(match.group(1)), float(match.group(2))
+        if not 0.0 <= low < high <= 100.0:
+            raise ConfigError(f"percentiles must satisfy 0 <= low < high <= 100, got {text!r}")
+        return
+    parse_fixed_window(text)
+
+
 def parse_fixed_window(text: str) -> IntensityWindow:
     """A preset name or ``"C/W"`` -> window; anything else is a ConfigError naming the choices."""
     name = _PRESET_KEYS.get(_preset_key(text))

@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+from medseg.errors import ConfigError
 from medseg.server.config import ServerConfig, default_config_path, load_config
 
 
@@ -29,6 +30,8 @@ def _service_logging(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from medseg.server.service import Service
 
+    if args.workers is not None and args.workers < 0:
+        raise ConfigError(f"--workers must be 0 (listen only) or more, got {args.workers}")
     _service_logging(args)
     Service(_config(args), listen=True, workers=args.workers).run_forever()
     return 0
@@ -37,6 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from medseg.server.service import Service
 
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be 1 or more, got {args.workers}")
     _service_logging(args)
     config = _config(args)
     workers = args.workers if args.workers is not None else max(1, config.queue.workers)

@@ -298,6 +298,13 @@ class RuleConfig:
             "threshold",
             f"must lie in (0, 1), got {self.threshold} (leave it out for the model card's)",
         )
+        if self.window:
+            from medseg.preprocess import check_window_spec
+
+            try:
+                check_window_spec(self.window)
+            except ConfigError as exc:
+                raise ConfigError(f"window: {exc}") from None
         try:
             re.compile(self.series_description)
         except re.error as exc:

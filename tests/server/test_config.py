@@ -101,3 +101,25 @@ def test_cli_reports_bad_config_in_one_line(tmp_path: Path) -> None:
     assert "queue.backend" in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("window", "accepted"),
+    [("livr", False), ("p99-1", False), ("40/-5", False), ("liver", True), ("p1-99", True),
+     ("40/400", True), ("dicom", True), ("auto", True)],
+)  # fmt: skip
+def test_a_rules_window_is_checked_when_the_configuration_loads(window, accepted) -> None:
+    """Issue 23 item 12: a misspelt window stopped every job; now it stops the start."""
+    config = {**GOOD, "rules": [{"name": "r", "window": window}]}
+    if accepted:
+        assert parse_config(config).rules[0].window == window
+    else:
+        with pytest.raises(ConfigError, match="window"):
+            parse_config(config)
+
+
+@pytest.mark.parametrize(("command", "workers"), [("serve", "-1"), ("worker", "0")])
+def test_a_negative_worker_count_is_refused_in_one_line(command: str, workers: str) -> None:
+    result = run_medseg(command, "--workers", workers, "-c", str(default_config_path()))
+    assert result.returncode == 3
+    assert len(result.stderr.strip().splitlines()) == 1 and "--workers" in result.stderr
