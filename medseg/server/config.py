@@ -178,6 +178,7 @@ class DeliveryConfig:
     initial_backoff_seconds: float = 5.0
     max_backoff_seconds: float = 600.0
     give_up_after_hours: float = 72.0
+    permanent_failure_tries: int = 3
     timeout_seconds: float = 30.0
     calling_ae_title: str = ""
 
@@ -189,6 +190,11 @@ class DeliveryConfig:
             "must be >= initial_backoff_seconds",
         )
         _require(self.give_up_after_hours >= 0, "give_up_after_hours", "must be >= 0")
+        _require(
+            isinstance(self.permanent_failure_tries, int) and self.permanent_failure_tries >= 1,
+            "permanent_failure_tries",
+            "must be an integer >= 1",
+        )
         _require(self.timeout_seconds > 0, "timeout_seconds", "must be positive")
         if self.calling_ae_title:
             check_ae_title("calling_ae_title", self.calling_ae_title)

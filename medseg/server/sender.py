@@ -2,9 +2,11 @@
 
 A delivery is retried with exponential backoff (``initial * 2**(attempts-1)`` up to the
 maximum) and given up after ``give_up_after_hours`` (then it shows as undeliverable in
-``medseg status``). Sends run on a small thread pool, one at a time per peer, so a
-destination that hangs until its timeout never holds up deliveries to others. 0x0111
-(duplicate SOP instance) from a peer means it already has the SEG: delivered.
+``medseg status``); a peer that refuses it for good (``permanent_status``: 0xCxxx,
+0xA9xx, ...) is given up after ``permanent_failure_tries`` attempts instead. Sends run on
+a small thread pool, one at a time per peer, so a destination that hangs until its timeout
+never holds up deliveries to others. 0x0111 (duplicate SOP instance) from a peer means it
+already has the SEG: delivered.
 """
 
 from __future__ import annotations
@@ -43,7 +45,20 @@ OK_STATUSES = {0x0000, 0x0111, 0xB000, 0xB007, 0xB006}
 
 
 class DeliveryError(MedsegError):
-    """A destination did not take the SEG (unreachable, rejected, or a failure status)."""
+    """A destination did not take the SEG (unreachable, rejected, or a failure status).
+
+    ``permanent``: the peer understood and refused (trying again later will not help)."""
+
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def permanent_status(status: int) -> bool:
+    """C-STORE failures that a retry cannot cure: 0xCxxx (cannot understand), 0xA9xx
+    (data set does not match the SOP class), 0x0122 (SOP class not supported), 0x0124 (not
+    authorised). Out of resources (0xA7xx) and anything else may pass later."""
+    return (status & 0xF000) == 0xC000 or (status & 0xFF00) == 0xA900 or status in (0x0122, 0x0124)
 
 
 def send_file(
@@ -81,7 +96,10 @@ def send_file(
     if status is None:
         raise DeliveryError(f"{delivery.ae_title}: no response to C-STORE (timeout or abort)")
     if int(status) not in OK_STATUSES:
-        raise DeliveryError(f"{delivery.ae_title}: C-STORE failed with status 0x{status:04X}")
+        raise DeliveryError(
+            f"{delivery.ae_title}: C-STORE failed with status 0x{status:04X}",
+            permanent=permanent_status(int(status)),
+        )
     return int(status)
 
 
@@ -188,8 +206,10 @@ class Sender:
             )
         except (DeliveryError, OSError, RuntimeError) as exc:
             error = str(exc)
-            give_up = self.config.give_up_after_hours > 0 and (
-                time.time() - created > self.config.give_up_after_hours * 3600
+            refused = getattr(exc, "permanent", False)
+            give_up = (refused and delivery.attempts >= self.config.permanent_failure_tries) or (
+                self.config.give_up_after_hours > 0
+                and time.time() - created > self.config.give_up_after_hours * 3600
             )
             state = UNDELIVERABLE if give_up else PENDING
             retry_at = time.time() + self.backoff(delivery.attempts)
@@ -203,7 +223,9 @@ class Sender:
                 job_id,
                 name,
                 delivery.attempts,
-                ", giving up" if give_up else f", retry in {self.backoff(delivery.attempts):.0f} s",
+                (", refused: giving up" if refused else ", giving up")
+                if give_up
+                else f", retry in {self.backoff(delivery.attempts):.0f} s",
                 error,
             )
             return False

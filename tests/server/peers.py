@@ -219,8 +219,10 @@ class CountingReceiver:
         ae_title: str = "RECEIVER",
         on_store: Callable[[], None] | None = None,
         folder: Path | None = None,
+        status: int = 0x0000,
     ) -> None:
         self.ae_title = ae_title
+        self.status = status  # what every C-STORE is answered with
         self.on_store = on_store
         self.folder = folder
         self.counts: dict[str, int] = {}
@@ -240,7 +242,7 @@ class CountingReceiver:
             part.rename(self.folder / f"{number:04d}.dcm")
         if self.on_store is not None:
             self.on_store()
-        return 0x0000
+        return self.status
 
     def files(self) -> list[Path]:
         """Every received request's file (one per C-STORE, duplicates included)."""

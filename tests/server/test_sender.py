@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
+import pytest
+
 from medseg.server.config import DeliveryConfig
-from medseg.server.jobs import DELIVERING, DONE, Delivery, Job, JobBook, job_id_for
+from medseg.server.jobs import (
+    DELIVERING,
+    DONE,
+    PENDING,
+    UNDELIVERABLE,
+    Delivery,
+    Job,
+    JobBook,
+    job_id_for,
+)
 from medseg.server.jobstore import SqliteJobStore
 from medseg.server.sender import Sender
 from tests.server.peers import CountingReceiver
@@ -84,5 +96,31 @@ def test_a_claimed_delivery_is_not_due_again_until_its_lease_ends(tmp_path: Path
         assert sender.claim(job.id, "recv", now=1000.0 + 2) is None, "backoff is not the lease"
         later = 1000.0 + sender.lease_seconds() + 1
         assert sender.claim(job.id, "recv", now=later) is not None, "a dead sender's lease ends"
+    finally:
+        sender.close()
+
+
+@pytest.mark.parametrize(
+    ("status", "final"),
+    [(0xC211, UNDELIVERABLE), (0xA900, UNDELIVERABLE), (0xA700, PENDING)],
+)
+def test_a_peer_that_refuses_for_good_is_given_up_after_a_few_tries(
+    tmp_path: Path, status: int, final: str
+) -> None:
+    """Issue 23 item 8: "cannot understand" was retried for 72 h; out of resources still is."""
+    config = DeliveryConfig(initial_backoff_seconds=0.5, max_backoff_seconds=2, timeout_seconds=10)
+    sender = Sender(book(tmp_path / "medseg.db"), config, calling_ae="MEDSEG")
+    write_seg_like(tmp_path / "seg.dcm", "1.2")
+    try:
+        with CountingReceiver(status=status) as receiver:
+            job = delivering_job(sender.book, receiver.port, tmp_path / "seg.dcm")
+            for _ in range(config.permanent_failure_tries):
+                assert not sender.deliver(job.id, "recv", Path(job.output), job.created)
+                sender.book.update_delivery(
+                    job.id, "recv", lambda d: dataclasses.replace(d, next_attempt=0.0)
+                )
+            assert receiver.total() == config.permanent_failure_tries
+        delivery = sender.book.store.get(job.id).deliveries[0]
+        assert delivery.state == final and f"0x{status:04X}" in delivery.error
     finally:
         sender.close()
