@@ -15,6 +15,7 @@ from tests.server.peers import (
     STORESCP,
     CountingReceiver,
     Processes,
+    Running,
     free_port,
     port_open,
     wait_until,
@@ -111,3 +112,25 @@ def server_config(tmp_path: Path, bright_model: Path) -> Callable[..., tuple[Pat
         return path, load_config(path)
 
     return make
+
+
+@pytest.fixture
+def listen(server_config: Callable) -> Iterator[Callable[..., Running]]:
+    """Start in-process listeners on the test configuration; all shut down at teardown."""
+    from medseg.server.completion import SeriesTracker
+    from medseg.server.listener import start_listener
+    from medseg.server.spool import Spool
+
+    servers = []
+
+    def start(min_free_bytes: int = 0, **kw: object) -> Running:
+        _, config = server_config(**kw)
+        spool = Spool(config.spool_dir, min_free_bytes=min_free_bytes)
+        tracker = SeriesTracker(spool.database)
+        server = start_listener(config, spool, tracker)
+        servers.append(server)
+        return Running(config, spool, tracker, int(server.server_address[1]))
+
+    yield start
+    for server in servers:
+        server.shutdown()

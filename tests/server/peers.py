@@ -7,6 +7,7 @@ never a fixed sleep.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.server.completion import SeriesTracker
+from medseg.server.config import ServerConfig
+from medseg.server.spool import Spool
 from tests.dicom.series_factory import WrittenSeries, write_series
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -274,3 +278,13 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far (Linux /proc): proof that it computes."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass
+class Running:
+    """An in-process listener a test started (``listen`` fixture in conftest.py)."""
+
+    config: ServerConfig
+    spool: Spool
+    tracker: SeriesTracker
+    port: int

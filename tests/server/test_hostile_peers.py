@@ -7,7 +7,6 @@ dcmtk ``storescu`` play the good ones and the careless ones (odd UIDs, truncated
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import io
 import socket
 import subprocess
@@ -25,9 +24,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from medseg.server.completion import SeriesTracker
 from medseg.server.config import ServerConfig
-from medseg.server.listener import start_listener
 from medseg.server.spool import Spool
 from tests.server.peers import (
     DCMTK_ENV,
@@ -38,31 +35,6 @@ from tests.server.peers import (
     wait_until,
     write_ct,
 )
-
-
-@dataclasses.dataclass
-class Running:
-    config: ServerConfig
-    spool: Spool
-    tracker: SeriesTracker
-    port: int
-
-
-@pytest.fixture
-def listen(server_config: Callable) -> Iterator[Callable[..., Running]]:
-    servers = []
-
-    def start(**kw: object) -> Running:
-        _, config = server_config(**kw)
-        spool = Spool(config.spool_dir)
-        tracker = SeriesTracker(spool.database)
-        server = start_listener(config, spool, tracker)
-        servers.append(server)
-        return Running(config, spool, tracker, int(server.server_address[1]))
-
-    yield start
-    for server in servers:
-        server.shutdown()
 
 
 @pytest.fixture

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,36 +13,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, Association
 from pynetdicom.sop_class import CTImageStorage, Verification
 
-from medseg.server.completion import SeriesTracker
-from medseg.server.config import ServerConfig
-from medseg.server.listener import start_listener
 from medseg.server.spool import Spool
 from tests.server.peers import storescu, write_ct
-
-
-@dataclasses.dataclass
-class Running:
-    config: ServerConfig
-    spool: Spool
-    tracker: SeriesTracker
-    port: int
-
-
-@pytest.fixture
-def listen(tmp_path: Path, server_config: Callable) -> Iterator[Callable[..., Running]]:
-    servers = []
-
-    def start(min_free_bytes: int = 0, **kw: object) -> Running:
-        _, config = server_config(**kw)
-        spool = Spool(config.spool_dir, min_free_bytes=min_free_bytes)
-        tracker = SeriesTracker(spool.database)
-        server = start_listener(config, spool, tracker)
-        servers.append(server)
-        return Running(config, spool, tracker, int(server.server_address[1]))
-
-    yield start
-    for server in servers:
-        server.shutdown()
 
 
 def scu(port: int, calling: str = "PACS") -> Association:
