@@ -312,7 +312,9 @@ def test_status_shows_queue_jobs_errors_and_backlog(
     peers = [{"ae_title": "PACS", "return_port": down, "return_ae_title": "PACSRET"}]
     rules = [
         {"name": "ct", "modalities": ["CT"]},
-        {"name": "mr-bad", "modalities": ["MR"], "window": "no-such-preset"},
+        # valid when the configuration loads, fails when the job runs: the series states
+        # no window of its own
+        {"name": "mr-bad", "modalities": ["MR"], "window": "dicom"},
     ]
     path, config = server_config(
         peers=peers,
@@ -321,7 +323,7 @@ def test_status_shows_queue_jobs_errors_and_backlog(
     )
     service = running(config, workers=1)
     ct = write_ct(tmp_path / "ct", slices=3)
-    mr = write_ct(tmp_path / "mr", slices=3, modality="MR", seed=1)
+    mr = write_ct(tmp_path / "mr", slices=3, modality="MR", seed=1, window=None)
     for folder in ("ct", "mr"):
         assert storescu(service.port, tmp_path / folder).returncode == 0
     wait_until(lambda: service.store.jobs(("failed",)), 60, "the MR job to fail")
@@ -340,7 +342,7 @@ def test_status_shows_queue_jobs_errors_and_backlog(
     assert f"caller (PACSRET@127.0.0.1:{down}): 1 waiting" in text, text
     errors = text.split("errors       newest first\n")[1].splitlines()
     assert "job failed (rule mr-bad" in errors[0] and mr.series_uid in errors[0], text
-    assert "no-such-preset" in errors[0]
+    assert "no WindowCenter" in errors[0]
     assert f"send to caller pending (series {ct.series_uid}, attempt 1)" in errors[1], text
     state = status(path)
     assert state["delivery_backlog"] == {f"caller (PACSRET@127.0.0.1:{down})": 1}

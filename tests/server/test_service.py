@@ -112,19 +112,20 @@ def test_sigterm_lets_the_running_job_finish(
 def test_failed_job_stays_visible_with_its_error(
     running: Callable, server_config: Callable, tmp_path: Path
 ) -> None:
-    rule = {"name": "bad-window", "window": "no-such-preset", "destinations": []}
+    # "dicom" loads (a valid spec) but the series states no window: the job fails
+    rule = {"name": "bad-window", "window": "dicom", "destinations": []}
     rule["output_folder"] = str(tmp_path / "out")
     path, config = server_config(rules=[rule])
     service = running(config, workers=1)
-    write_ct(tmp_path / "series", slices=3)
+    write_ct(tmp_path / "series", slices=3, window=None)
     assert storescu(service.port, tmp_path / "series").returncode == 0
     (job,) = wait_until(lambda: service.store.jobs(("failed",)), 60, "the job to fail")
     assert job.attempts == 1, "a configuration error is not retried"
-    assert "no-such-preset" in job.error
+    assert "no WindowCenter" in job.error
     state = status(path)
     assert state["failed"] == 1
     assert state["last_errors"][0]["job"] == job.id
-    assert "no-such-preset" in state["last_errors"][0]["error"]
+    assert "no WindowCenter" in state["last_errors"][0]["error"]
     assert not (tmp_path / "out").exists()
 
 
