@@ -38,6 +38,7 @@ from medseg.preprocess import (
     IntensityWindow,
     blend_taps,
     context_taps,
+    is_auto_window,
     preprocess_slices,
     renormalise_channels,
     resolve_window,
@@ -387,12 +388,13 @@ def segment_volume_result(
 ) -> VolumeResult:
     """Segment an in-memory volume; the full result with timings (see ``segment_volume``)."""
     window = resolve_window(volume, options.window, card)
-    _warn_if_not_the_training_window(volume, window, card)
+    _warn_if_not_the_training_window(volume, options.window, window, card)
+    flips = card.test_time_flips if options.test_time_flips is None else options.test_time_flips
+    level = card.threshold if options.threshold is None else options.threshold
     prompts = (*options.prompts, *marks_to_prompts(options.marks, volume))
     if prompts:
         check_promptable(card)
-        return _segment_prompted(volume, engine, card, window, prompts, options)
-    flips = card.test_time_flips if options.test_time_flips is None else options.test_time_flips
+        return _segment_prompted(volume, engine, card, window, flips, level, prompts, options)
     refinement = _refinement(card, options)
     tiles, blender = _sliding_tiles(volume, card)
     log.info(
@@ -409,7 +411,6 @@ def segment_volume_result(
         volume, engine, card, window, tiles, blender, options.batch_size, progress, flips
     )
     start = time.perf_counter()
-    level = card.threshold if options.threshold is None else options.threshold
     if refinement.enabled:  # refined from what the network saw
         marked = threshold(probabilities, level)
         probabilities = refine_probabilities(
@@ -426,9 +427,13 @@ def segment_volume_result(
 
 
 def _warn_if_not_the_training_window(
-    volume: Volume, window: IntensityWindow, card: ModelCard
+    volume: Volume, spec: str | None, window: IntensityWindow, card: ModelCard
 ) -> None:
-    """The network saw one window in training; another one changes what it sees."""
+    """The network saw one window in training; another one changes what it sees. The
+    default spec is that window: it is not resolved twice (MR percentiles read the whole
+    volume)."""
+    if is_auto_window(spec):
+        return
     trained = resolve_window(volume, "auto", card)
     if (window.low, window.high) != (trained.low, trained.high):
         log.warning(
@@ -489,13 +494,13 @@ def _segment_prompted(
     engine: Engine,
     card: ModelCard,
     window: IntensityWindow,
+    flips: tuple[str, ...],
+    level: float,
     prompts: tuple[Prompt, ...],
     options: SegmentOptions,
 ) -> VolumeResult:
     """Prompts through a promptable network, each carried from its slice through the
     volume (``medseg.propagate``); one label per prompted lesion."""
-    flips = card.test_time_flips if options.test_time_flips is None else options.test_time_flips
-    level = card.threshold if options.threshold is None else options.threshold
     timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
     run = _slice_runner(volume, engine, card, window, flips, options.batch_size, timings)
     log.info(

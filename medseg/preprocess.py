@@ -75,6 +75,11 @@ def _preset_key(name: str) -> str:
 _PRESET_KEYS = {_preset_key(name): name for name in CT_PRESETS}
 
 
+def is_auto_window(spec: str | None) -> bool:
+    """Whether a window spec means the model's own window (``None`` or ``"auto"``)."""
+    return spec is None or _preset_key(str(spec)) == "auto"
+
+
 def window_names() -> tuple[str, ...]:
     """Every accepted window keyword, for help texts."""
     return (*CT_PRESETS, "dicom", "auto", "pLOW-HIGH", "C/W")
@@ -92,7 +97,7 @@ def resolve_window(volume: Volume, spec: str | None, card: ModelCard) -> Intensi
     if not text:
         raise ConfigError("empty window; use a preset name, 'dicom', 'C/W' or 'pLOW-HIGH'")
     key = _preset_key(text)
-    if key == "auto":
+    if is_auto_window(text):
         if volume.modality.upper() == "CT":
             return parse_fixed_window(card.default_ct_window)
         low, high = card.mr_percentiles
