@@ -26,14 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from medseg.dicom import load_series
+from medseg.metrics.overlap import dice
 from medseg.pipeline import SegmentOptions, load_model, segment_volume_result
 from medseg.prompts import BoxPrompt, PointPrompt
 from medseg.synthetic.series import read_scene_truth, write_scene_series
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def evaluate_series(model, truth, labels, flips, prompts: bool = True) -> dict:

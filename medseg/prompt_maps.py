@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 CHANNELS = 2
+INPUT_NAME = "prompt"  # a promptable model's second input (its card's prompt_input)
 CLICK_RADIUS = 3.0  # model pixels (of the 352 x 352 input): about a click's own size
 # A prompted lesion is run in a square crop around its prompt, zoomed to the model input
 # (training renders such crops too): a click's crop has a fixed side, a box's grows with it.
@@ -64,6 +65,11 @@ def _discs(
         inside = (d2 <= radius * radius).astype(np.float32)
         out[r0:r1, c0:c1] = np.maximum(out[r0:r1, c0:c1], inside)
     return out
+
+
+def no_prompt(count: int, shape: tuple[int, int]) -> np.ndarray:
+    """(count, 2, H, W) all-zero maps: automatic mode, for a model that takes prompts."""
+    return np.zeros((count, CHANNELS, *shape), dtype=np.float32)
 
 
 def draw(maps: PromptMaps, shape: tuple[int, int]) -> np.ndarray:

@@ -238,7 +238,15 @@ def propagate_lesions(
     return labels, probabilities, calls
 
 
-def _propagate(slices, run, crop, fronts, negative, rule, found) -> int:
+def _propagate(
+    slices: int,
+    run: SliceRunner,
+    crop: _Crop,
+    fronts: list[tuple[int, int]],
+    negative: list[tuple[int, int, int]],
+    rule: Propagation,
+    found: dict[int, tuple[np.ndarray, np.ndarray]],
+) -> int:
     """Carry each front's mask slice by slice until it ends; both fronts share each call."""
     calls = 0
     active = [(k + step, step, found[k][0]) for k, step in fronts if found[k][0].any()]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medseg.errors import ModelError
-from medseg.prompt_maps import CHANNELS as PROMPT_CHANNELS
+from medseg.prompt_maps import no_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
     from medseg.modelcard import ModelCard
@@ -74,7 +74,7 @@ def prompt_feed(card: ModelCard, batch: np.ndarray, prompt: np.ndarray | None) -
             raise ModelError(f"model {card.name} has no prompt input")
         return None
     if prompt is None:
-        prompt = np.zeros((batch.shape[0], PROMPT_CHANNELS, *batch.shape[2:]), np.float32)
+        prompt = no_prompt(batch.shape[0], batch.shape[2:])
     if prompt.shape[0] != batch.shape[0] or prompt.shape[2:] != batch.shape[2:]:
         raise ModelError(f"prompt maps {prompt.shape} do not fit the batch {batch.shape}")
     return to_layout(prompt, card.layout)

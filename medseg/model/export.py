@@ -23,12 +23,13 @@ import torch
 from medseg.errors import ModelError, OutputError
 from medseg.model.sam2unet import LogitsOnly, PromptedLogitsOnly, SAM2UNet
 from medseg.modelcard import ModelCard, card_path_for
+from medseg.prompt_maps import INPUT_NAME as PROMPT_INPUT_NAME
+from medseg.prompt_maps import no_prompt
 
 log = logging.getLogger(__name__)
 
 OPSET = 18
 MAX_DYNAMIC_BATCH = 64
-PROMPT_INPUT = "prompt"  # the second input of a promptable model (medseg.prompt_maps)
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,8 @@ def export_onnx(
             torch.zeros(n, 3, *input_size),
             torch.zeros(n, model.config.prompt_channels, *input_size),
         )
-        names = ["image", PROMPT_INPUT]
-        dynamic = None if static else {"image": {0: batch_dim}, "prompt": {0: batch_dim}}
+        names = ["image", PROMPT_INPUT_NAME]
+        dynamic = None if static else {"image": {0: batch_dim}, PROMPT_INPUT_NAME: {0: batch_dim}}
     else:
         wrapped = LogitsOnly(model).eval()
         example = (torch.zeros(n, 3, *input_size),)
@@ -188,14 +189,14 @@ def onnx_logits(
     prompt: np.ndarray | None = None,
 ) -> np.ndarray:
     step = 1 if static else chunk
-    takes_prompt = any(i.name == PROMPT_INPUT for i in session.get_inputs())
+    takes_prompt = any(i.name == PROMPT_INPUT_NAME for i in session.get_inputs())
     if takes_prompt and prompt is None:
-        prompt = np.zeros((len(batch), 2, *batch.shape[2:]), np.float32)
+        prompt = no_prompt(len(batch), batch.shape[2:])
     outs = []
     for start in range(0, len(batch), step):
         feed = {"image": batch[start : start + step]}
         if takes_prompt:
-            feed[PROMPT_INPUT] = prompt[start : start + step]  # type: ignore[index]
+            feed[PROMPT_INPUT_NAME] = prompt[start : start + step]  # type: ignore[index]
         outs.append(session.run(["logits"], feed)[0])
     return np.concatenate(outs).astype(np.float32)
 
@@ -232,9 +233,8 @@ def _compare(
     static: bool,
     prompt: np.ndarray | None = None,
 ) -> tuple[float, float]:
-    """(max |ONNX Runtime - PyTorch|, max |PyTorch logit|) on ``images``."""
-    if model.config.promptable and prompt is None:
-        prompt = np.zeros((len(images), model.config.prompt_channels, *images.shape[2:]), "f4")
+    """(max |ONNX Runtime - PyTorch|, max |PyTorch logit|) on ``images`` (no prompt maps:
+    both sides run a promptable model in automatic mode)."""
     reference = torch_logits(model, images, prompt=prompt)
     got = onnx_logits(session, images, static, prompt=prompt)
     diff = float(np.abs(got - reference).max())
@@ -267,7 +267,7 @@ def build_card(
         base,
         architecture="SAM2-UNet",
         input_name="image",
-        prompt_input=PROMPT_INPUT if model.config.promptable else "",
+        prompt_input=PROMPT_INPUT_NAME if model.config.promptable else "",
         output_name="logits",
         output="logits",
         layout="NCHW",

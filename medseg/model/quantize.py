@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import ConfigError, ModelError
+from medseg.prompt_maps import INPUT_NAME as PROMPT_INPUT_NAME
+from medseg.prompt_maps import no_prompt
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ class _SliceReader:
             return None
         item = {"image": self._slices[self._index : self._index + 1]}
         if self._prompt:
-            item["prompt"] = _zero_prompt(item["image"])
+            item[PROMPT_INPUT_NAME] = no_prompt(1, item["image"].shape[2:])
         self._index += 1
         return item
 
@@ -144,15 +146,11 @@ def _quantize_into(
     return "dynamic"
 
 
-def _zero_prompt(images: np.ndarray) -> np.ndarray:
-    return np.zeros((len(images), 2, *images.shape[2:]), dtype=np.float32)
-
-
 def _takes_prompt(path: Path) -> bool:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    return any(i.name == "prompt" for i in graph.input)
+    return any(i.name == PROMPT_INPUT_NAME for i in graph.input)
 
 
 def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -164,11 +162,11 @@ def mask_dice(a: np.ndarray, b: np.ndarray) -> float:
 def _run_timed(session: Any, batch: np.ndarray) -> tuple[np.ndarray, float]:
     """Logits slice by slice (batch 1, as served) and the median ms per slice."""
     outs, times = [], []
-    prompt = any(i.name == "prompt" for i in session.get_inputs())
+    prompt = any(i.name == PROMPT_INPUT_NAME for i in session.get_inputs())
     for i in range(len(batch)):
         feed = {"image": batch[i : i + 1]}
         if prompt:
-            feed["prompt"] = _zero_prompt(feed["image"])
+            feed[PROMPT_INPUT_NAME] = no_prompt(1, feed["image"].shape[2:])
         start = time.perf_counter()
         outs.append(session.run(["logits"], feed)[0])
         times.append((time.perf_counter() - start) * 1000.0)

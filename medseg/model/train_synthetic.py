@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from medseg.errors import ConfigError
+from medseg.metrics.overlap import dice
 from medseg.model.checkpoint import load_checkpoint, save_checkpoint
 from medseg.model.config import resolve_config
 from medseg.model.losses import deep_supervision_loss
@@ -33,6 +34,7 @@ from medseg.synthetic.shapes import FAMILIES
 
 log = logging.getLogger(__name__)
 VALIDATION_SEED_OFFSET = 500_000  # validation scenes: a seed range training never draws
+CLICK_AND_BOX_SHARE = 0.36  # of prompted samples, each; the rest: neighbouring-slice masks
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,6 @@ def _validation_set(options: SyntheticTrainOptions, card: ModelCard):
     return stream.batch(options.validation_samples)
 
 
-def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = int(pred.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, truth).sum()) / total
-
-
 def validate(model: SAM2UNet, data, card: ModelCard) -> dict[str, float]:
     """Mean per-sample Dice, overall and for prompted and automatic samples."""
     units, prompts, targets = data
@@ -111,7 +108,7 @@ def validate(model: SAM2UNet, data, card: ModelCard) -> dict[str, float]:
             p = torch.from_numpy(prompts[start : start + 8])
             logits = model(x, p)[0][:, 0].numpy()
             for i, logit in enumerate(logits):
-                scores.append(_dice(logit > 0, targets[start + i] >= 0.5))
+                scores.append(dice(logit > 0, targets[start + i] >= 0.5))
                 prompted.append(bool(prompts[start + i].any()))
     s, m = np.asarray(scores), np.asarray(prompted)
     return {
@@ -148,8 +145,8 @@ def _train(options: SyntheticTrainOptions) -> SyntheticTrainResult:
             families=options.families,
             modalities=options.modalities,
             auto_share=options.auto_share,
-            point_share=(1 - options.auto_share) * 0.36,
-            box_share=(1 - options.auto_share) * 0.36,
+            point_share=(1 - options.auto_share) * CLICK_AND_BOX_SHARE,
+            box_share=(1 - options.auto_share) * CLICK_AND_BOX_SHARE,
             draws_per_slab=6 if options.crop else 4,
         ),
         card,

@@ -29,6 +29,8 @@ from medseg.preprocess import CT_PRESETS, context_taps
 from medseg.prompt_maps import POINT_CROP_MM, PromptMaps, box_crop_mm, draw
 from medseg.synthetic.scene import Scene, random_scene, render
 
+LESION_SLICE_SHARE = 0.8  # whole-view slabs through a lesion rather than anywhere
+
 
 @dataclass(frozen=True)
 class SampleConfig:
@@ -41,7 +43,6 @@ class SampleConfig:
     point_share: float = 0.25
     box_share: float = 0.25  # the rest: the neighbouring slice's mask
     negative_share: float = 0.2
-    lesion_slice_share: float = 0.8
     zoom_share: float = 0.5  # slabs rendered as a prompt's crop around a lesion
     thickness_mm: tuple[float, float] = (0.6, 5.0)
     pool: int = 24
@@ -124,7 +125,8 @@ def _anchor(shape: object) -> tuple[float, float, float]:
 
 
 def _pick_z(rng: np.random.Generator, scene: Scene) -> float:
-    if scene.lesions and rng.random() < 0.8:
+    """A slice through one of the lesions (LESION_SLICE_SHARE of the time), else anywhere."""
+    if scene.lesions and rng.random() < LESION_SLICE_SHARE:
         lesion = scene.lesions[int(rng.integers(len(scene.lesions)))]
         (z0, z1), _, _ = lesion.shape.bounds()
         return float(_anchor(lesion.shape)[0] + rng.uniform(-0.25, 0.25) * (z1 - z0))

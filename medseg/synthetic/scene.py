@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from medseg.synthetic.shapes import FAMILIES, Shape, random_shape
+from medseg.synthetic.shapes import FAMILIES, Box, Shape, random_shape
 
 MODALITIES = ("CT", "MR")
 LESION_KINDS = ("hypo", "hyper", "rim", "cystic", "calcified")
@@ -293,16 +293,26 @@ def _lesion(
     return LesionSolid(shape, hypo if rng.random() < 0.5 else hyper, kind, spot, calc)
 
 
-def _grid_box(bounds, zs, ys, xs):
+def _grid_box(
+    bounds: Box, zs: np.ndarray, ys: np.ndarray, xs: np.ndarray
+) -> tuple[slice, slice, slice]:
     """Index slices of the sorted coordinate vectors that fall in a mm box."""
     out = []
     for (lo, hi), axis in zip(bounds, (zs, ys, xs), strict=True):
         a, b = np.searchsorted(axis, lo, "left"), np.searchsorted(axis, hi, "right")
         out.append(slice(int(a), int(b)))
-    return tuple(out)
+    return tuple(out)  # type: ignore[return-value]
 
 
-def _paint(image, shape, value, zs, ys, xs, texture=None):
+def _paint(
+    image: np.ndarray,
+    shape: Shape,
+    value: float,
+    zs: np.ndarray,
+    ys: np.ndarray,
+    xs: np.ndarray,
+    texture: np.ndarray | None = None,
+) -> tuple[tuple[slice, ...], np.ndarray] | None:
     box = _grid_box(shape.bounds(), zs, ys, xs)
     if any(s.stop <= s.start for s in box):
         return None

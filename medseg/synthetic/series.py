@@ -12,7 +12,6 @@ in ``truth.json``; ``labels.npz`` holds the lesion labels (one number per lesion
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -204,7 +203,3 @@ def _write_files(
             thickness=thickness,
             values=image[k],
         )
-
-
-def voxel_volume_ml(spacing: tuple[float, float, float]) -> float:
-    return math.prod(spacing) / 1000.0
