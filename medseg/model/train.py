@@ -270,7 +270,7 @@ def _random_start(length: int, size: int, rng: np.random.Generator) -> int:
     return int(rng.integers(length - size + 1))
 
 
-def _check_crop(crop: int | None, model: SAM2UNet, input_size: tuple[int, int]) -> None:
+def check_crop(crop: int | None, model: SAM2UNet, input_size: tuple[int, int]) -> None:
     """Refuse a crop the trunk cannot take before any time is spent loading or training."""
     if crop is None:
         return
@@ -313,7 +313,7 @@ def _train(options: TrainOptions) -> TrainResult:
         pixel_spacing_mm=options.pixel_spacing_mm,
     )
     model, config_name = _build_model(options)
-    _check_crop(options.crop, model, card.input_size)
+    check_crop(options.crop, model, card.input_size)
 
     pairs = find_pairs(options.data)
     sets = [

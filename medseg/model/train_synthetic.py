@@ -27,7 +27,7 @@ from medseg.model.checkpoint import load_checkpoint, save_checkpoint
 from medseg.model.config import resolve_config
 from medseg.model.losses import deep_supervision_loss
 from medseg.model.sam2unet import SAM2UNet
-from medseg.model.train import last_path
+from medseg.model.train import check_crop, last_path
 from medseg.modelcard import ModelCard
 from medseg.synthetic.samples import SampleConfig, SampleStream
 from medseg.synthetic.shapes import FAMILIES
@@ -68,6 +68,10 @@ class SyntheticTrainOptions:
             raise ConfigError("--modalities: CT and/or MR")
         if self.epochs < 1 or self.batch_size < 1 or self.steps_per_epoch < 1:
             raise ConfigError("--epochs, --batch-size and --steps-per-epoch must be at least 1")
+        if not 0.0 <= self.auto_share < 1.0:
+            raise ConfigError(f"--auto-share must lie in [0, 1), got {self.auto_share}")
+        if self.crop is not None and not 1 <= self.crop_epochs <= self.epochs:
+            raise ConfigError("--crop-epochs must lie in [1, --epochs]")
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,7 @@ def _train(options: SyntheticTrainOptions) -> SyntheticTrainResult:
         model, config_name = loaded.model, loaded.config_name
     if not model.config.promptable:
         raise ConfigError("synthetic training simulates prompts: use a promptable config")
+    check_crop(options.crop, model, card.input_size)  # before any scene is rendered
     stream = SampleStream(
         SampleConfig(
             families=options.families,

@@ -139,4 +139,12 @@ def test_synthetic_training_needs_a_promptable_config_and_known_families(tmp_pat
     assert "promptable config" in capsys.readouterr().err
     assert main([*base, "--synthetic", "cubes"]) == 3
     assert "families must be among" in capsys.readouterr().err
+    for bad, words in (
+        (["--auto-share", "2"], "--auto-share"),
+        (["--crop", "100"], "--crop 100"),
+        (["--crop", "96", "--crop-epochs", "5"], "--crop-epochs"),
+    ):
+        assert main([*base, "--synthetic", "lobulated", *bad]) == 3
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
     assert not Path(out).exists()
