@@ -1,8 +1,10 @@
 """Prompts as the promptable network sees them: two maps at the model's input size.
 
-Channel 0 is positive evidence: a box's interior, a disc at each positive click, or a
-mask (the previous slice's result while a lesion is propagated through the volume).
-Channel 1 holds a disc at each negative click. All zero means "no prompt": automatic
+Channel 0 is positive evidence: a box's interior and a disc at each positive click (also
+the click that carries a lesion to the next slice while it is propagated through the
+volume: the deepest point of the previous slice's mask, ``deepest_point``). Channel 1
+holds a disc at each negative click. No map ever holds a mask: a network given its
+answer learns to return its prompt. All zero means "no prompt": automatic
 segmentation. Training (``medseg.synthetic.samples``) and serving (the pipeline) draw the
 maps with these same functions, so the network is served the prompts it was trained on.
 """
@@ -10,9 +12,10 @@ maps with these same functions, so the network is served the prompts it was trai
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 CHANNELS = 2
 INPUT_NAME = "prompt"  # a promptable model's second input (its card's prompt_input)
@@ -34,20 +37,24 @@ def box_crop_mm(box_side_mm: float) -> float:
 class PromptMaps:
     """What to draw, in model-input pixel coordinates (row, col; 0-based pixel centres).
 
-    ``boxes`` are (row0, col0, row1, col1), inclusive; ``mask`` is a (H, W) bool array at
-    the model's input size.
+    ``boxes`` are (row0, col0, row1, col1), inclusive.
     """
 
     positive: tuple[tuple[float, float], ...] = ()
     negative: tuple[tuple[float, float], ...] = ()
     boxes: tuple[tuple[float, float, float, float], ...] = ()
-    mask: np.ndarray | None = field(default=None, compare=False)
 
     @property
     def empty(self) -> bool:
-        return not (self.positive or self.negative or self.boxes) and (
-            self.mask is None or not self.mask.any()
-        )
+        return not (self.positive or self.negative or self.boxes)
+
+
+def deepest_point(mask: np.ndarray) -> tuple[float, float]:
+    """(row, col) of ``mask``'s pixel farthest from its edge: the click that carries a
+    lesion onto the next slice (training draws it the same way)."""
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    row, col = np.unravel_index(int(np.argmax(depth)), mask.shape)
+    return float(row), float(col)
 
 
 def _discs(
@@ -80,10 +87,6 @@ def draw(maps: PromptMaps, shape: tuple[int, int]) -> np.ndarray:
         top, bottom = max(round(min(r0, r1)), 0), min(round(max(r0, r1)) + 1, shape[0])
         left, right = max(round(min(c0, c1)), 0), min(round(max(c0, c1)) + 1, shape[1])
         positive[top:bottom, left:right] = 1.0
-    if maps.mask is not None:
-        if maps.mask.shape != shape:
-            raise ValueError(f"prompt mask {maps.mask.shape} is not the model input {shape}")
-        positive = np.maximum(positive, maps.mask.astype(np.float32))
     out[0] = positive
     out[1] = _discs(shape, maps.negative, CLICK_RADIUS)
     return out

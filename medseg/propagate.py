@@ -4,17 +4,18 @@ A click or a box on one slice is segmented there, with the prompt drawn into the
 network's prompt input (``medseg.prompt_maps``), in a square crop around the prompt zoomed
 to the model's input (96 mm around a click, three times a box's size around a box: the
 crops training renders too, so a 5 mm lesion is not 4 pixels of a 352-pixel slice). The
-result then becomes the prompt of the next slice, in both directions, until the network
-finds nothing more that overlaps it: the way SAM2 and MedSAM2 carry an object through a
-video or a volume. Only the slices the lesion reaches are run, so one click on a
-300-slice series costs a few dozen model calls.
+lesion is then carried to the next slice, in both directions, by a click at the deepest
+point of the previous slice's mask (as training simulates it; never the mask itself,
+which a network learns to copy), until the network finds nothing more there: the way
+SAM2 and MedSAM2 carry an object through a video or a volume. Only the slices the lesion
+reaches are run, so one click on a 300-slice series costs a few dozen model calls.
 
-Stopping rules (plain SAM2 overshoots where an object ends): a slice's answer must
-overlap the previous slice's mask (dilated by one pixel), must not grow past
-``max_growth`` times the previous area (at least 25 pixels of the crop), and propagation
-ends at the first slice with nothing left. Each positive prompt is one lesion; negative
-clicks on a slice are drawn into every prompt of that slice and, afterwards, drop any part
-of a lesion they hit.
+Stopping rules (plain SAM2 overshoots where an object ends): a slice keeps only the part
+of its answer at the carried click, which must overlap the previous slice's mask (dilated
+by one pixel) and may not grow past ``max_growth`` times the previous area (at least 25
+pixels of the crop); propagation ends at the first slice with nothing left. Each
+positive prompt is one lesion; negative clicks on a slice are drawn into every prompt of
+that slice and, afterwards, drop any part of a lesion they hit.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from scipy import ndimage
 
 from medseg.dicom.volume import Volume
 from medseg.errors import PromptError
-from medseg.prompt_maps import POINT_CROP_MM, PromptMaps, box_crop_mm, draw
+from medseg.prompt_maps import POINT_CROP_MM, PromptMaps, box_crop_mm, deepest_point, draw
 from medseg.prompts import PointPrompt, Prompt, box_bounds, point_index
 from medseg.tiling import Region, Tile
 
@@ -136,8 +137,10 @@ class _Crop:
         seed: LesionSeed | None,
         k: int,
         negative: list[tuple[int, int, int]],
-        mask: np.ndarray | None = None,
+        carry: tuple[int, int] | None = None,
     ) -> np.ndarray:
+        """Prompt maps of slice ``k``: the seed's own prompt, or the click ``carry`` (crop
+        pixel) that carries a lesion from its neighbour; plus the slice's negative clicks."""
         neg = tuple(self.model(r, c) for kk, r, c in negative if kk == k and self.local(r, c))
         boxes, points = (), ()
         if seed is not None and seed.box is not None:
@@ -145,19 +148,9 @@ class _Crop:
             boxes = (self.model(r0, c0) + self.model(r1, c1),)
         if seed is not None and seed.point is not None:
             points = (self.model(*seed.point),)
-        model_mask = None if mask is None else _resize_mask(mask, self.size)
-        return draw(PromptMaps(points, neg, boxes, model_mask), self.size)  # type: ignore[arg-type]
-
-
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A crop's mask -> the model input grid (area-weighted, > 0.5 kept; never emptied)."""
-    from medseg.preprocess import resize_stack
-
-    small = resize_stack(mask[None].astype(np.float32), size)[0]
-    out = small > 0.5
-    if not out.any() and mask.any():
-        out = small >= small.max() * 0.5
-    return out
+        if carry is not None:
+            points = (self.model(carry[0] + self.region.r0, carry[1] + self.region.c0),)
+        return draw(PromptMaps(points, neg, boxes), self.size)  # type: ignore[arg-type]
 
 
 def _component_at(mask: np.ndarray, rc: tuple[int, int]) -> np.ndarray:
@@ -238,6 +231,12 @@ def propagate_lesions(
     return labels, probabilities, calls
 
 
+def _carried(previous: np.ndarray) -> tuple[int, int]:
+    """The click that carries a mask onto the next slice: its deepest pixel."""
+    row, col = deepest_point(previous)
+    return int(row), int(col)
+
+
 def _propagate(
     slices: int,
     run: SliceRunner,
@@ -253,12 +252,15 @@ def _propagate(
     active = [f for f in active if 0 <= f[0] < slices and f[0] not in found]
     while active and calls < rule.max_slices:
         ks = [k for k, _, _ in active]
-        maps = np.stack([crop.maps(None, k, negative, mask) for k, _, mask in active])
+        clicks = [_carried(previous) for _, _, previous in active]
+        maps = np.stack(
+            [crop.maps(None, k, negative, c) for (k, _, _), c in zip(active, clicks, strict=True)]
+        )
         probs = run([Tile(k, crop.region) for k in ks], maps)
         calls += len(ks)
         following = []
-        for (k, step, previous), prob in zip(active, probs, strict=True):
-            mask = _overlapping(prob > rule.level, previous)
+        for (k, step, previous), click, prob in zip(active, clicks, probs, strict=True):
+            mask = _overlapping(_component_at(prob > rule.level, click), previous)
             # a small cross-section may well grow (a click on a lesion's end slice), so the
             # limit counts at least MIN_AREA pixels for the previous slice
             if not mask.any() or mask.sum() > rule.max_growth * max(previous.sum(), MIN_AREA):

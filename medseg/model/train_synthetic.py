@@ -29,12 +29,14 @@ from medseg.model.losses import deep_supervision_loss
 from medseg.model.sam2unet import SAM2UNet
 from medseg.model.train import check_crop, last_path
 from medseg.modelcard import ModelCard
-from medseg.synthetic.samples import SampleConfig, SampleStream
+from medseg.synthetic.samples import MODES, Batch, SampleConfig, SampleStream
 from medseg.synthetic.shapes import FAMILIES
 
 log = logging.getLogger(__name__)
 VALIDATION_SEED_OFFSET = 500_000  # validation scenes: a seed range training never draws
-CLICK_AND_BOX_SHARE = 0.36  # of prompted samples, each; the rest: neighbouring-slice masks
+# of prompted samples: readers' clicks, boxes, and the rest clicks carried from a
+# neighbouring slice (propagation)
+POINT_SHARE, BOX_SHARE = 0.45, 0.25
 
 
 @dataclass(frozen=True)
@@ -89,37 +91,40 @@ def normalise(unit: np.ndarray, card: ModelCard) -> np.ndarray:
     return (unit - mean) / std
 
 
-def _validation_set(options: SyntheticTrainOptions, card: ModelCard):
-    config = SampleConfig(
+def _sample_config(options: SyntheticTrainOptions, **overrides: Any) -> SampleConfig:
+    return SampleConfig(
         families=options.families,
         modalities=options.modalities,
-        seed_offset=VALIDATION_SEED_OFFSET,
-        pool=1,
-        draws_per_slab=1,
+        auto_share=options.auto_share,
+        point_share=POINT_SHARE,
+        box_share=BOX_SHARE,
+        **overrides,
     )
+
+
+def _validation_set(options: SyntheticTrainOptions, card: ModelCard) -> Batch:
+    config = _sample_config(options, seed_offset=VALIDATION_SEED_OFFSET, pool=1, draws_per_slab=1)
     stream = SampleStream(config, card, seed=options.seed + 12345)
     return stream.batch(options.validation_samples)
 
 
-def validate(model: SAM2UNet, data, card: ModelCard) -> dict[str, float]:
-    """Mean per-sample Dice, overall and for prompted and automatic samples."""
-    units, prompts, targets = data
+def validate(model: SAM2UNet, data: Batch, card: ModelCard) -> dict[str, float]:
+    """Mean per-sample Dice, overall and per prompt mode (``dice_point``, ...)."""
     model.eval()
-    scores, prompted = [], []
+    scores = []
     with torch.inference_mode():
-        for start in range(0, len(units), 8):
-            x = torch.from_numpy(normalise(units[start : start + 8], card))
-            p = torch.from_numpy(prompts[start : start + 8])
+        for start in range(0, len(data.units), 8):
+            x = torch.from_numpy(normalise(data.units[start : start + 8], card))
+            p = torch.from_numpy(data.prompts[start : start + 8])
             logits = model(x, p)[0][:, 0].numpy()
             for i, logit in enumerate(logits):
-                scores.append(dice(logit > 0, targets[start + i] >= 0.5))
-                prompted.append(bool(prompts[start + i].any()))
-    s, m = np.asarray(scores), np.asarray(prompted)
-    return {
-        "dice": float(s.mean()),
-        "dice_prompted": float(s[m].mean()) if m.any() else math.nan,
-        "dice_auto": float(s[~m].mean()) if (~m).any() else math.nan,
-    }
+                scores.append(dice(logit > 0, data.targets[start + i] >= 0.5))
+    s, modes = np.asarray(scores), np.asarray(data.modes)
+    out = {"dice": float(s.mean())}
+    for mode in MODES:
+        chosen = modes == mode
+        out[f"dice_{mode}"] = float(s[chosen].mean()) if chosen.any() else math.nan
+    return out
 
 
 def train_synthetic(options: SyntheticTrainOptions) -> SyntheticTrainResult:
@@ -146,16 +151,7 @@ def _train(options: SyntheticTrainOptions) -> SyntheticTrainResult:
         raise ConfigError("synthetic training simulates prompts: use a promptable config")
     check_crop(options.crop, model, card.input_size)  # before any scene is rendered
     stream = SampleStream(
-        SampleConfig(
-            families=options.families,
-            modalities=options.modalities,
-            auto_share=options.auto_share,
-            point_share=(1 - options.auto_share) * CLICK_AND_BOX_SHARE,
-            box_share=(1 - options.auto_share) * CLICK_AND_BOX_SHARE,
-            draws_per_slab=6 if options.crop else 4,
-        ),
-        card,
-        seed=options.seed,
+        _sample_config(options, draws_per_slab=6 if options.crop else 4), card, seed=options.seed
     )
     val_data = _validation_set(options, card)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -193,10 +189,10 @@ def _train(options: SyntheticTrainOptions) -> SyntheticTrainResult:
         )
         for _ in bar:
             crop = options.crop if epoch < options.crop_epochs else None
-            units, prompts, targets = stream.batch(options.batch_size, crop)
-            x = torch.from_numpy(normalise(units, card))
-            y = torch.from_numpy(targets)[:, None]
-            loss = deep_supervision_loss(model(x, torch.from_numpy(prompts)), y)
+            batch = stream.batch(options.batch_size, crop)
+            x = torch.from_numpy(normalise(batch.units, card))
+            y = torch.from_numpy(batch.targets)[:, None]
+            loss = deep_supervision_loss(model(x, torch.from_numpy(batch.prompts)), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -217,12 +213,11 @@ def _train(options: SyntheticTrainOptions) -> SyntheticTrainResult:
         if improved:
             best, best_epoch = scores["dice"], epoch + 1
         log.warning(
-            "epoch %d: loss %.4f, val Dice %.4f (prompted %.4f, automatic %.4f)%s",
+            "epoch %d: loss %.4f, val Dice %.4f (%s)%s",
             epoch + 1,
             record["mean_loss"],
             scores["dice"],
-            scores["dice_prompted"],
-            scores["dice_auto"],
+            ", ".join(f"{mode} {scores['dice_' + mode]:.3f}" for mode in MODES),
             " (best)" if improved else "",
         )
         training = {

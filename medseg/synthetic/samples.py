@@ -3,15 +3,20 @@
 ``SampleStream`` renders the few planes of a random scene that one 2.5-D model input
 needs (the slice and its context taps, at a random slice thickness and field of view,
 ``medseg.preprocess.context_taps``) plus the neighbouring slices, and draws samples from
-them the way SAM-family training simulates a reader:
+them the way serving will use the network:
 
-- no prompt (automatic mode): the target is every lesion on the slice;
-- a click inside one lesion (biased to its interior), sometimes a second one;
-- a box around one lesion, jittered and usually a little loose;
-- the lesion's mask on the neighbouring slice (what 2-D -> 3-D propagation feeds), whose
-  target may be empty where the lesion ends, so the network learns when to stop;
-- sometimes a negative click on another lesion or elsewhere, which the target excludes.
+- ``auto`` (no prompt) on the whole field of view: the target is every lesion on the slice;
+- prompted samples on a crop around one lesion, zoomed to the model input as
+  ``medseg.propagate`` crops around a prompt:
+  - ``point``: a click inside the lesion (biased to its interior, where readers click);
+  - ``box``: a box around it, jittered and usually a little loose;
+  - ``carry``: what propagation feeds the next slice, a click at the deepest point of the
+    lesion's mask on the neighbouring slice; the target is the lesion on this slice, empty
+    where it has ended, so the network learns where to stop;
+  - sometimes a negative click on another lesion or elsewhere, which the target excludes.
 
+The prompt never holds the answer (no mask prompts), so the network cannot learn to
+return its prompt: from a click it has to find the lesion's extent in the image.
 A prompted target is the prompted lesion alone. Rendered slabs are kept in a small pool
 and each is drawn from a few times, since rendering costs about as much as a step.
 """
@@ -26,37 +31,66 @@ from scipy import ndimage
 
 from medseg.modelcard import ModelCard
 from medseg.preprocess import CT_PRESETS, context_taps
-from medseg.prompt_maps import POINT_CROP_MM, PromptMaps, box_crop_mm, draw
+from medseg.prompt_maps import POINT_CROP_MM, PromptMaps, box_crop_mm, deepest_point, draw
 from medseg.synthetic.scene import Scene, random_scene, render
 
+MODES = ("auto", "point", "box", "carry")
 LESION_SLICE_SHARE = 0.8  # whole-view slabs through a lesion rather than anywhere
+END_SHARE = 0.35  # zoomed slabs anywhere along the lesion and past its ends (carry stops)
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    """What the stream draws from; shares are probabilities of each prompt mode."""
+    """What the stream draws from. ``auto_share`` of slabs show the whole field of view
+    (automatic samples); the rest are prompt crops, split by the point and box shares
+    (the remainder: carried clicks)."""
 
     families: tuple[str, ...] = ("lobulated", "metaball")
     modalities: tuple[str, ...] = ("CT", "MR")
     seed_offset: int = 0
     auto_share: float = 0.3
-    point_share: float = 0.25
-    box_share: float = 0.25  # the rest: the neighbouring slice's mask
-    negative_share: float = 0.2
-    zoom_share: float = 0.5  # slabs rendered as a prompt's crop around a lesion
+    point_share: float = 0.45
+    box_share: float = 0.25
+    negative_share: float = 0.15
     thickness_mm: tuple[float, float] = (0.6, 5.0)
     pool: int = 24
     draws_per_slab: int = 4
 
+    def prompted(self) -> np.ndarray:
+        """Probabilities of point, box and carry among prompted samples."""
+        shares = np.array([self.point_share, self.box_share, 1.0])
+        shares[2] = max(1.0 - self.point_share - self.box_share, 0.0)
+        return shares / shares.sum()
+
 
 @dataclass(frozen=True)
 class Slab:
-    """The unit-windowed planes around one slice and their lesion labels."""
+    """The unit-windowed planes around one slice and their lesion labels; ``focus`` is the
+    lesion a zoomed slab was rendered around (0: a whole-view slab)."""
 
     scene: Scene
     unit: np.ndarray  # (3, H, W) model channels in [0, 1] (context blended)
     labels: np.ndarray  # (H, W) lesion numbers on the slice
     neighbours: tuple[np.ndarray, ...]  # lesion labels on the slices either side
+    focus: int = 0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training input: channels (3, H, W), prompt maps (2, H, W), target (H, W)."""
+
+    unit: np.ndarray
+    prompt: np.ndarray
+    target: np.ndarray
+    mode: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    units: np.ndarray  # (N, 3, H, W)
+    prompts: np.ndarray  # (N, 2, H, W)
+    targets: np.ndarray  # (N, H, W)
+    modes: tuple[str, ...]
 
 
 def _window_unit(
@@ -85,15 +119,19 @@ def render_slab(
     """Render the planes one sample of ``scene`` needs at slice ``thickness`` mm, over the
     whole field of view or (``zoom``) a prompt's crop around one of its lesions."""
     size = card.input_size
-    fov, centre = None, (0.0, 0.0)
+    fov, centre, focus = None, (0.0, 0.0), 0
     if zoom and scene.lesions:
-        lesion = scene.lesions[int(rng.integers(len(scene.lesions)))]
+        focus = int(rng.integers(len(scene.lesions))) + 1
+        lesion = scene.lesions[focus - 1]
         (z0, z1), (y0, y1), (x0, x1) = lesion.shape.bounds()
         cz, cy, cx = _anchor(lesion.shape)
         fov = zoom_side_mm(rng, 0.7 * max(y1 - y0, x1 - x0))
-        shift = rng.uniform(-0.2, 0.2, 2) * fov
+        shift = rng.uniform(-0.12, 0.12, 2) * fov
         centre = (cy + shift[0], cx + shift[1])
-        centre_z = float(cz + rng.uniform(-0.25, 0.25) * (z1 - z0))
+        if rng.random() < END_SHARE:
+            centre_z = float(rng.uniform(z0 - thickness, z1 + thickness))
+        else:
+            centre_z = float(cz + rng.uniform(-0.25, 0.25) * (z1 - z0))
     else:
         centre_z = _pick_z(rng, scene)
     reach = math.ceil(card.slice_context_mm / thickness) + 1 if card.slice_context_mm else 1
@@ -112,7 +150,7 @@ def render_slab(
     channels = np.stack([(1 - w) * unit[at[lo]] + w * unit[at[hi]] for lo, hi, w in taps]).astype(
         np.float32
     )
-    return Slab(scene, channels, labels[at[k]], (labels[at[k - 1]], labels[at[k + 1]]))
+    return Slab(scene, channels, labels[at[k]], (labels[at[k - 1]], labels[at[k + 1]]), focus)
 
 
 def _anchor(shape: object) -> tuple[float, float, float]:
@@ -154,70 +192,46 @@ def _box(rng: np.random.Generator, mask: np.ndarray) -> tuple[float, float, floa
     return (side(r0, h, -1), side(c0, w, -1), side(r1, h, 1), side(c1, w, 1))
 
 
+def _auto(slab: Slab) -> Sample:
+    shape = slab.labels.shape
+    target = (slab.labels > 0).astype(np.float32)
+    return Sample(slab.unit, np.zeros((2, *shape), np.float32), target, "auto")
+
+
 def draw_sample(
-    rng: np.random.Generator, slab: Slab, config: SampleConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(unit channels (3, H, W), prompt (2, H, W), target (H, W)) for one training step."""
+    rng: np.random.Generator, slab: Slab, mode: str, negative_share: float = 0.0
+) -> Sample:
+    """One sample of ``slab`` in ``mode`` (one of MODES). A prompted mode the slice cannot
+    give (its lesion is not there) falls back to another: carry, then auto."""
     labels = slab.labels
-    shape = labels.shape
-    present = [n for n in np.unique(labels) if n]
-    mode = rng.choice(
-        ["auto", "point", "box", "mask"],
-        p=[
-            config.auto_share,
-            config.point_share,
-            config.box_share,
-            1 - config.auto_share - config.point_share - config.box_share,
-        ],
-    )
-    if mode == "mask":
-        side = slab.neighbours[int(rng.integers(2))]
-        candidates = [n for n in np.unique(side) if n]
-        if candidates:
-            number = int(rng.choice(candidates))
-            prompt_mask = side == number
-            grow = int(rng.integers(-1, 2))
-            if grow > 0:
-                prompt_mask = ndimage.binary_dilation(prompt_mask, iterations=grow)
-            elif grow < 0 and prompt_mask.sum() > 12:
-                prompt_mask = ndimage.binary_erosion(prompt_mask)
-            target = labels == number
-            maps = PromptMaps(mask=prompt_mask)
-            return (
-                slab.unit,
-                draw(_with_negative(rng, maps, labels, number, config), shape),
-                target.astype(np.float32),
-            )
-        mode = "auto"
-    if mode == "auto" or not present:
-        return slab.unit, np.zeros((2, *shape), np.float32), (labels > 0).astype(np.float32)
-    number = int(rng.choice(present))
+    if mode == "auto":
+        return _auto(slab)
+    number = slab.focus
+    present = [int(n) for n in np.unique(labels) if n]
+    if number not in present and mode != "carry":
+        number = int(rng.choice(present)) if present else number
+        mode = mode if present else "carry"
     target = labels == number
-    if mode == "point":
+    if mode == "carry":
+        sides = [side for side in slab.neighbours if (side == number).any()] if number else []
+        if not sides:
+            return _auto(slab)
+        previous = sides[int(rng.integers(len(sides)))] == number
+        r, c = deepest_point(previous)
+        maps = PromptMaps(positive=((r + rng.normal(0, 0.7), c + rng.normal(0, 0.7)),))
+    elif mode == "point":
         clicks = [_click(rng, target)]
-        if rng.random() < 0.15:
+        if rng.random() < 0.1:
             clicks.append(_click(rng, target))
         maps = PromptMaps(positive=tuple(clicks))
     else:
         maps = PromptMaps(boxes=(_box(rng, target),))
-    maps = _with_negative(rng, maps, labels, number, config)
-    return slab.unit, draw(maps, shape), target.astype(np.float32)
-
-
-def _with_negative(
-    rng: np.random.Generator,
-    maps: PromptMaps,
-    labels: np.ndarray,
-    number: int,
-    config: SampleConfig,
-) -> PromptMaps:
-    """Maybe add a negative click on another lesion (or anywhere off the target)."""
-    if rng.random() >= config.negative_share:
-        return maps
-    others = (labels > 0) & (labels != number)
-    where = others if others.any() else labels != number
-    click = _click(rng, where)
-    return PromptMaps(maps.positive, (click,), maps.boxes, maps.mask)
+    if rng.random() < negative_share:
+        others = (labels > 0) & (labels != number)
+        where = others if others.any() else ~target
+        if where.any():
+            maps = PromptMaps(maps.positive, (_click(rng, where),), maps.boxes)
+    return Sample(slab.unit, draw(maps, labels.shape), target.astype(np.float32), mode)
 
 
 class SampleStream:
@@ -237,37 +251,39 @@ class SampleStream:
         self.next_scene += 1
         lo, hi = cfg.thickness_mm
         thickness = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-        return render_slab(rng, scene, self.card, thickness, rng.random() < cfg.zoom_share)
+        return render_slab(rng, scene, self.card, thickness, rng.random() >= cfg.auto_share)
 
-    def batch(
-        self, size: int, crop: int | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Unit channels (N, 3, H, W), prompts (N, 2, H, W), targets (N, H, W).
+    def _mode(self, slab: Slab) -> str:
+        if not slab.focus:
+            return "auto"
+        return str(self.rng.choice(MODES[1:], p=self.config.prompted()))
 
-        ``crop``: square windows of that many pixels at the same scale (a third of a whole
-        input's cost), holding the target (and so its prompt) where it has one."""
+    def batch(self, size: int, crop: int | None = None) -> Batch:
+        """``size`` samples; ``crop``: square windows of that many pixels at the same scale
+        (a third of a whole input's cost), holding the target (and so its prompt) where it
+        has one."""
         while len(self.pool) < self.config.pool:
             self.pool.append((self._fresh(), 0))
-        units, prompts, targets = [], [], []
+        samples = []
         for _ in range(size):
             i = int(self.rng.integers(len(self.pool)))
             slab, used = self.pool[i]
-            unit, prompt, target = draw_sample(self.rng, slab, self.config)
+            sample = draw_sample(self.rng, slab, self._mode(slab), self.config.negative_share)
+            unit, prompt, target = sample.unit, sample.prompt, sample.target
             if crop is not None:
                 unit, prompt, target = _window(self.rng, crop, unit, prompt, target)
             if self.rng.random() < 0.5:
                 unit, prompt, target = unit[..., ::-1], prompt[..., ::-1], target[..., ::-1]
-            units.append(unit)
-            prompts.append(prompt)
-            targets.append(target)
+            samples.append(Sample(unit, prompt, target, sample.mode))
             used += 1
             self.pool[i] = (
                 (self._fresh(), 0) if used >= self.config.draws_per_slab else (slab, used)
             )
-        return (
-            np.ascontiguousarray(np.stack(units)),
-            np.ascontiguousarray(np.stack(prompts)),
-            np.ascontiguousarray(np.stack(targets)),
+        return Batch(
+            np.ascontiguousarray(np.stack([s.unit for s in samples])),
+            np.ascontiguousarray(np.stack([s.prompt for s in samples])),
+            np.ascontiguousarray(np.stack([s.target for s in samples])),
+            tuple(s.mode for s in samples),
         )
 
 

@@ -16,7 +16,7 @@ import pytest
 from medseg.engine import open_engine
 from medseg.errors import PromptError
 from medseg.pipeline import SegmentOptions, segment_volume_result
-from medseg.prompt_maps import CLICK_RADIUS, PromptMaps, box_crop_mm, draw
+from medseg.prompt_maps import CLICK_RADIUS, PromptMaps, box_crop_mm, deepest_point, draw
 from medseg.prompts import BoxPrompt, PointPrompt
 from medseg.propagate import crop_around, lesion_seeds
 from medseg.tiling import Region
@@ -195,20 +195,28 @@ def test_box_crop_grows_with_the_box_within_limits() -> None:
     assert box_crop_mm(1000.0) == 400.0
 
 
-def test_prompt_maps_draw_discs_boxes_and_masks() -> None:
-    mask = np.zeros((32, 32), dtype=bool)
-    mask[20:24, 20:24] = True
+def test_prompt_maps_draw_discs_and_boxes() -> None:
     maps = draw(
-        PromptMaps(positive=((5, 5),), negative=((10, 25),), boxes=((2, 20, 6, 28),), mask=mask),
+        PromptMaps(positive=((5, 5),), negative=((10, 25),), boxes=((2, 20, 6, 28),)),
         (32, 32),
     )
     disc = np.argwhere(maps[0, :12, :12] > 0)
     assert np.all(np.hypot(disc[:, 0] - 5, disc[:, 1] - 5) <= CLICK_RADIUS)
     assert len(disc) == 29  # a radius-3 disc of pixel centres
     assert maps[0, 2:7, 20:29].all() and not maps[0, 7, 20] and not maps[0, 2, 29]
-    assert maps[0][mask].all()
+    assert maps[0].sum() == 29 + 5 * 9  # the disc and the box's interior, nothing else
     assert maps[1, 10, 25] == 1 and maps[1].sum() == 29
     assert not draw(PromptMaps(), (8, 8)).any()
+
+
+def test_the_carried_click_is_the_deepest_point_of_the_mask() -> None:
+    mask = np.zeros((40, 40), dtype=bool)
+    mask[5:8, 5:30] = True  # a thin bar
+    mask[15:36, 10:31] = True  # and a square: its centre is the deepest point
+    assert deepest_point(mask) == (25.0, 20.0)
+    edge = np.zeros((10, 10), dtype=bool)
+    edge[:, :4] = True  # touching the border: the border counts as an edge
+    assert deepest_point(edge)[1] in (1.0, 2.0)
 
 
 def test_each_prompted_lesion_is_its_own_semiautomatic_segment(

@@ -80,23 +80,23 @@ def test_a_zoomed_render_shows_the_same_place_at_a_finer_grid():
     np.testing.assert_array_equal(zoom[0] > 0, whole[0, 100:200, 200:300] > 0)
 
 
-def _slab(family: str = "lobulated", seed: int = 2):
+def _slab(family: str = "lobulated", seed: int = 2, zoom: bool = False):
     rng = np.random.default_rng(0)
     scene = random_scene(seed, family, "CT", lesions=(3, 4), lesion_free=0.0)
-    for _ in range(20):
-        slab = render_slab(rng, scene, CARD, 2.0, zoom=False)
-        if len(np.unique(slab.labels)) > 2:
+    for _ in range(40):
+        slab = render_slab(rng, scene, CARD, 2.0, zoom=zoom)
+        if len(np.unique(slab.labels)) > 2 or (zoom and (slab.labels == slab.focus).any()):
             return slab
     pytest.fail("no slice with two lesions")
 
 
-def test_simulated_prompts_point_at_one_lesion_and_target_only_it():
+def test_simulated_clicks_point_at_one_lesion_and_target_only_it():
     slab = _slab()
     rng = np.random.default_rng(1)
     seen = set()
     for _ in range(60):
-        only = SampleConfig(auto_share=0.0, point_share=1.0, box_share=0.0, negative_share=0.0)
-        unit, prompt, target = draw_sample(rng, slab, only)
+        sample = draw_sample(rng, slab, "point")
+        unit, prompt, target = sample.unit, sample.prompt, sample.target
         assert unit.shape == (3, *CARD.input_size) and prompt.shape == (2, *CARD.input_size)
         numbers = np.unique(slab.labels[target > 0])
         assert len(numbers) == 1  # one lesion, all of it
@@ -111,50 +111,76 @@ def test_simulated_prompts_point_at_one_lesion_and_target_only_it():
 def test_simulated_boxes_cover_their_lesion_and_auto_targets_every_lesion():
     slab = _slab()
     rng = np.random.default_rng(2)
-    boxes = SampleConfig(auto_share=0.0, point_share=0.0, box_share=1.0, negative_share=0.0)
     for _ in range(20):
-        _, prompt, target = draw_sample(rng, slab, boxes)
+        sample = draw_sample(rng, slab, "box")
+        prompt, target = sample.prompt, sample.target
         covered = (prompt[0] > 0)[target > 0].mean()
         # a jittered box may clip a rim (a pixel of a tiny lesion), never most of it
         assert covered > 0.5
         rows, cols = np.nonzero(prompt[0])
         area = (np.ptp(rows) + 1) * (np.ptp(cols) + 1)
         assert area < 4 * max(int((target > 0).sum()), 16)  # and it is a box around it
-    auto = SampleConfig(auto_share=1.0, point_share=0.0, box_share=0.0)
-    _, prompt, target = draw_sample(rng, slab, auto)
-    assert not prompt.any()
-    np.testing.assert_array_equal(target > 0, slab.labels > 0)
+    auto = draw_sample(rng, slab, "auto")
+    assert not auto.prompt.any() and auto.mode == "auto"
+    np.testing.assert_array_equal(auto.target > 0, slab.labels > 0)
 
 
 def test_negative_clicks_never_land_on_the_target():
     slab = _slab()
     rng = np.random.default_rng(3)
-    config = SampleConfig(auto_share=0.0, point_share=1.0, box_share=0.0, negative_share=1.0)
     for _ in range(30):
-        _, prompt, target = draw_sample(rng, slab, config)
-        assert prompt[1].any()
-        centre = tuple(np.argwhere(prompt[1] > 0).mean(axis=0).round().astype(int))
-        assert target[centre] == 0
+        sample = draw_sample(rng, slab, "point", negative_share=1.0)
+        assert sample.prompt[1].any()
+        centre = tuple(np.argwhere(sample.prompt[1] > 0).mean(axis=0).round().astype(int))
+        assert sample.target[centre] == 0
 
 
-def test_neighbour_mask_prompts_teach_where_a_lesion_ends():
-    slab = _slab()
+def test_carried_clicks_come_from_the_neighbouring_slice_and_may_find_nothing():
+    """A carried click is the deepest point of the lesion on a neighbouring slice; the
+    target is the lesion on this slice, empty past its end (where propagation stops)."""
     rng = np.random.default_rng(4)
-    config = SampleConfig(auto_share=0.0, point_share=0.0, box_share=0.0, negative_share=0.0)
-    for _ in range(10):
-        _, prompt, target = draw_sample(rng, slab, config)
-        if prompt[0].any():  # the prompt is a neighbouring slice's mask of one lesion
-            numbers = np.unique(slab.labels[target > 0])
-            assert len(numbers) <= 1
+    scene = random_scene(2, "lobulated", "CT", lesions=(1, 1), lesion_free=0.0)
+    ended = carried = 0
+    for _ in range(60):
+        slab = render_slab(rng, scene, CARD, 2.0, zoom=True)
+        sample = draw_sample(rng, slab, "carry")
+        if sample.mode != "carry":
+            assert sample.mode == "auto" and not sample.prompt.any()
+            assert not any((side == slab.focus).any() for side in slab.neighbours)
+            continue
+        carried += 1
+        click = np.argwhere(sample.prompt[0] > 0).mean(axis=0)
+        near = [side == slab.focus for side in slab.neighbours if (side == slab.focus).any()]
+        # its deepest point, jittered by a fraction of a pixel (a disc clipped by the edge
+        # of the view moves its centre a little more)
+        assert any(
+            ndimage.binary_dilation(m, iterations=2)[tuple(click.round().astype(int))] for m in near
+        )
+        np.testing.assert_array_equal(sample.target > 0, slab.labels == slab.focus)
+        ended += not sample.target.any()
+    assert carried >= 30 and ended >= 1  # some carried clicks land past the lesion's end
+
+
+def test_the_stream_mixes_modes_and_shows_auto_samples_the_whole_view():
+    config = SampleConfig(pool=8, draws_per_slab=2, auto_share=0.3)
+    batch = SampleStream(config, CARD, seed=3).batch(40)
+    assert set(batch.modes) >= {"auto", "point", "box"}
+    for mode, prompt in zip(batch.modes, batch.prompts, strict=True):
+        assert prompt.any() == (mode != "auto")
 
 
 def test_the_stream_is_reproducible_and_mixes_modalities():
     config = SampleConfig(pool=4, draws_per_slab=1)
     first = SampleStream(config, CARD, seed=5).batch(6)
     second = SampleStream(config, CARD, seed=5).batch(6)
-    for a, b in zip(first, second, strict=True):
+    for a, b in zip(
+        (first.units, first.prompts, first.targets),
+        (second.units, second.prompts, second.targets),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
-    units = first[0]
+    assert first.modes == second.modes
+    units = first.units
     assert units.shape == (6, 3, *CARD.input_size) and units.min() >= 0.0 and units.max() <= 1.0
 
 
