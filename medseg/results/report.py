@@ -102,7 +102,7 @@ def _measurements(lesion: LesionMeasurements, volume: Volume) -> list[hd.sr.Meas
     out = [
         hd.sr.Measurement(
             name=codes.SCT.Volume,
-            value=lesion.volume_ml,
+            value=round(lesion.volume_ml, 4),  # 0.1 mm³: far below one voxel
             unit=MILLILITER,
         )
     ]
