@@ -81,11 +81,19 @@ def longest_feret(mask: np.ndarray, spacing: tuple[float, float]) -> tuple[float
     return best
 
 
+def frame_segment(seg, item) -> int:
+    """The segment of one SEG frame: per frame, or shared when the SEG has one segment."""
+    where = (
+        item if "SegmentIdentificationSequence" in item else seg.SharedFunctionalGroupsSequence[0]
+    )
+    return int(where.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+
+
 def seg_frames_of(seg, number: int) -> set[tuple[str, int | None]]:
     """(source SOP instance, frame) of every SEG frame of segment ``number``."""
     out = set()
     for item in seg.PerFrameFunctionalGroupsSequence:
-        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != number:
+        if frame_segment(seg, item) != number:
             continue
         source = item.DerivationImageSequence[0].SourceImageSequence[0]
         frame = source.get("ReferencedFrameNumber")
