@@ -209,3 +209,12 @@ def test_masks_that_are_not_the_segs_segments_are_refused(case: Written) -> None
         build_report(case.volume, case.seg, case.masks[:1], CARD)
     with pytest.raises(OutputError, match="needs the DICOM-SEG"):
         build_report(case.volume, case.volume.datasets[0], case.masks, CARD)
+
+
+def test_medseg_does_not_take_its_own_report_as_prompts(case: Written) -> None:
+    from medseg.dicom.marks import read_marks
+    from medseg.errors import DicomInputError
+
+    with pytest.raises(DicomInputError, match="refer to a segmentation") as info:
+        read_marks(case.sr_path)
+    assert "\n" not in str(info.value)
