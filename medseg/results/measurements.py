@@ -122,13 +122,18 @@ def _longest_on_slice(
 
 def _longest_run(inside: np.ndarray) -> tuple[int, int, int]:
     """For each row of ``inside`` (lines, samples) bool: (line, first, last) of the longest
-    run of True samples over all rows."""
+    run of True samples over all rows; (-1, 0, -1) when there is none."""
     padded = np.pad(inside, ((0, 0), (1, 1))).astype(np.int8)
     edges = np.diff(padded, axis=1)
     line_up, starts = np.nonzero(edges == 1)
     _, stops = np.nonzero(edges == -1)  # row-major: pairs with ``starts`` one to one
+    if not len(starts):
+        return -1, 0, -1
     longest = int(np.argmax(stops - starts))
     return int(line_up[longest]), int(starts[longest]), int(stops[longest] - 1)
+
+
+LINES_PER_CHUNK = 256  # bounds memory: a 300 mm finding samples ~1700 x 1700 points
 
 
 def _short_axis(
@@ -140,24 +145,27 @@ def _short_axis(
     length = float(np.linalg.norm(along))
     u = along / length
     v = np.array([-u[1], u[0]])
-    corners = _corners_mm(region, spacing)
-    reach = corners @ v - start @ v
+    reach = _corners_mm(region, spacing) @ v - start @ v
     offsets = np.arange(step / 2, length, step)  # positions of the lines along the long axis
     across = np.arange(reach.min() + step / 2, reach.max(), step)  # samples along each line
-    if not len(offsets) or not len(across):
+    best: tuple[int, int, int] = (-1, 0, -1)
+    for first_line in range(0, len(offsets), LINES_PER_CHUNK):
+        chunk = offsets[first_line : first_line + LINES_PER_CHUNK]
+        points = start + chunk[:, None, None] * u + across[None, :, None] * v  # (lines, s, 2)
+        pixel = np.floor(points / np.asarray(spacing)).astype(np.int64)
+        rows, cols = pixel[..., 0], pixel[..., 1]
+        valid = (rows >= 0) & (rows < region.shape[0]) & (cols >= 0) & (cols < region.shape[1])
+        inside = np.zeros(valid.shape, dtype=bool)
+        inside[valid] = region[rows[valid], cols[valid]]
+        line, lo, hi = _longest_run(inside)
+        if line >= 0 and hi - lo > best[2] - best[1]:
+            best = (first_line + line, lo, hi)
+    line, lo, hi = best
+    if line < 0:
         return None
-    points = start + offsets[:, None, None] * u + across[None, :, None] * v  # (lines, s, 2)
-    pixel = np.floor(points / np.asarray(spacing)).astype(np.int64)
-    rows, cols = pixel[..., 0], pixel[..., 1]
-    valid = (rows >= 0) & (rows < region.shape[0]) & (cols >= 0) & (cols < region.shape[1])
-    inside = np.zeros(valid.shape, dtype=bool)
-    inside[valid] = region[rows[valid], cols[valid]]
-    if not inside.any():
-        return None
-    line, first, last = _longest_run(inside)
     base = start + offsets[line] * u
-    low = base + (across[first] - step / 2) * v
-    high = base + (across[last] + step / 2) * v
+    low = base + (across[lo] - step / 2) * v
+    high = base + (across[hi] + step / 2) * v
     return float(np.linalg.norm(high - low)), low, high
 
 

@@ -22,9 +22,11 @@ Numbers = dict[tuple[str, str | None], float]  # (quantity code, derivation code
 
 
 def dsrdump(path: Path) -> subprocess.CompletedProcess[str]:
+    """dcmtk's SR dump at log level info, with each container's template identification."""
     tool = shutil.which("dsrdump")
     assert tool, "dcmtk's dsrdump is installed by tests/install-deps.sh"
-    return subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
+    argv = [tool, "-ll", "info", "+Pt", str(path)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
 
 def tid1500reader(path: Path, workdir: Path) -> dict:

@@ -98,3 +98,13 @@ def test_single_pixel_lesion_measures_one_pixel() -> None:
 def test_mask_of_another_shape_is_refused() -> None:
     with pytest.raises(OutputError, match="does not match the volume"):
         measure_lesion(np.zeros((2, 3, 4), dtype=bool), _volume(np.zeros(SHAPE)), 1)
+
+
+def test_large_disc_is_measured_in_chunks_of_lines_to_the_same_answer() -> None:
+    shape = (1, 260, 200)
+    r, c = np.indices(shape[1:], dtype=np.float64)
+    radius = 80.0  # mm: about 900 sample lines along the long axis, four chunks
+    disc = ((r - 130) * SPACING[1]) ** 2 + ((c - 100) * SPACING[2]) ** 2 <= radius**2
+    found = measure_lesion(disc[None], _volume(np.zeros(shape)), 1)
+    assert found.long_axis.length_mm == pytest.approx(2 * radius, abs=DIAGONAL)
+    assert found.short_axis.length_mm == pytest.approx(2 * radius, abs=DIAGONAL)

@@ -72,7 +72,8 @@ def _expected_from_seg(case: Written, number: int) -> dict:
 def test_dsrdump_reads_the_report_without_a_complaint(case: Written) -> None:
     text = _clean_dump(case.sr_path)
     assert text.startswith("Comprehensive SR Document")
-    assert text.count('"Measurement Group"') == 2
+    assert text.count('"Measurement Group")=CONTINUOUS>  # TID 1411 (DCMR)') == 2
+    assert '"Imaging Measurement Report")=CONTINUOUS>  # TID 1500 (DCMR)' in text
     assert 'Algorithm Name")="lesion-finder"' in text
     assert 'Algorithm Version")="2.1.0"' in text
 
