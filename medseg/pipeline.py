@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from medseg.dicom.marks import Mark, marks_to_prompts
 from medseg.dicom.volume import Volume
 from medseg.engine import open_engine
 from medseg.engine.base import Engine
-from medseg.errors import ConfigError, ModelError, PromptError
+from medseg.errors import ConfigError, ModelError, OutputError, PromptError
 from medseg.modelcard import (
     ModelCard,
     check_flips,
@@ -48,6 +48,9 @@ from medseg.propagate import Propagation, SliceRunner, propagate_lesions
 from medseg.refine import Refinement, continue_across_slices, redraw_rims, refine_probabilities
 from medseg.tiling import Tile, TileBlender, crop_padded, slice_regions, tile_extent
 
+if TYPE_CHECKING:  # pragma: no cover
+    import pydicom
+
 log = logging.getLogger(__name__)
 
 STAGES = ("load", "preprocess", "infer", "postprocess", "write", "preview")
@@ -61,7 +64,8 @@ class SegmentOptions:
     ``refine_radius_mm`` None mean the model card's (a radius of 0 turns the card's edge
     refinement off). ``window`` is a spec for :func:`medseg.preprocess.resolve_window`.
     ``marks`` (a reader's GSPS/SR marks, ``medseg.dicom.marks``) become prompts once the
-    series is loaded, beside ``prompts``.
+    series is loaded, beside ``prompts``. ``report`` is where the TID 1500 Measurement
+    Report SR of the SEG's lesions goes (``medseg.results.report``), if anywhere.
     """
 
     model: Path | None = None
@@ -83,6 +87,7 @@ class SegmentOptions:
     series_description: str = "medseg segmentation"
     batch_size: int = 4
     preview: Path | None = None
+    report: Path | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
@@ -182,6 +187,7 @@ class SegmentResult:
     sop_instance_uid: str
     skipped: tuple[SkippedFile, ...]
     preview: Path | None = None
+    report: Path | None = None
 
     def summary(self) -> str:
         """One line: slices, segmented volume, time, output."""
@@ -563,8 +569,24 @@ def _seg_segments(
     return replace(card, segments=segments), masks
 
 
+def binary_segments(result: VolumeResult) -> np.ndarray:
+    """The SEG's segments as bool masks (segments, slices, rows, cols), in the order
+    ``_seg_segments`` writes them: what the measurement report measures (a FRACTIONAL
+    SEG's lesions are its final mask, not its probabilities)."""
+    if result.lesions is None or not result.lesions.any():
+        return result.mask[None].astype(bool)
+    numbers = [int(n) for n in np.unique(result.lesions) if n]
+    return np.stack([result.lesions == n for n in numbers])
+
+
+def report_series_number(series_number: int) -> int:
+    """The report's SeriesNumber: the SEG's + 1, so a worklist shows them side by side."""
+    return series_number + 1 if series_number < 2**31 - 1 else series_number
+
+
 def check_writable(volume: Volume, card: ModelCard, output: Path, options: SegmentOptions) -> None:
-    """Refuse now, before any inference, what writing the SEG (or preview) would refuse later.
+    """Refuse now, before any inference, what writing the SEG (or preview, or report) would
+    refuse later; and one file named for two outputs.
 
     Delegates to ``medseg.seg``: ``check_output_path`` for the output (and preview) folder,
     ``check_seg_source`` for the source headers (a dry run of the SEG builder on a one-voxel
@@ -574,8 +596,14 @@ def check_writable(volume: Volume, card: ModelCard, output: Path, options: Segme
     from medseg.seg import check_output_path, check_seg_source
 
     check_output_path(Path(output))
-    if options.preview is not None:
-        check_output_path(Path(options.preview))
+    taken = {Path(output).resolve(): "the SEG's output"}
+    for extra, what in ((options.preview, "the preview"), (options.report, "the report")):
+        if extra is None:
+            continue
+        if Path(extra).resolve() in taken:
+            raise OutputError(f"{extra} is also {taken[Path(extra).resolve()]}: name another")
+        taken[Path(extra).resolve()] = what
+        check_output_path(Path(extra))
     start = time.perf_counter()
     check_seg_source(volume, card)
     log.debug("SEG pre-flight check took %.3f s", time.perf_counter() - start)
@@ -635,6 +663,8 @@ def segment(
             series_description=options.series_description,
             semiautomatic=result.lesions is not None,
         )
+        if options.report is not None:
+            _write_report(volume, dataset, result, card, output, options)
         timings["write"] += time.perf_counter() - start
         if options.preview is not None:
             from medseg.preview import write_preview
@@ -650,7 +680,7 @@ def segment(
                     model=f"{card.name} {card.version}",
                 )
             except BaseException:
-                output.unlink(missing_ok=True)  # a failed job leaves no output behind
+                _remove_outputs(output, options)  # a failed job leaves no output behind
                 raise
             timings["preview"] = time.perf_counter() - start
     finally:
@@ -667,4 +697,37 @@ def segment(
         sop_instance_uid=str(dataset.SOPInstanceUID),
         skipped=tuple(loaded.skipped),
         preview=options.preview,
+        report=options.report,
     )
+
+
+def _remove_outputs(output: Path, options: SegmentOptions) -> None:
+    output.unlink(missing_ok=True)
+    if options.report is not None:
+        Path(options.report).unlink(missing_ok=True)
+
+
+def _write_report(
+    volume: Volume,
+    seg: pydicom.Dataset,
+    result: VolumeResult,
+    card: ModelCard,
+    output: Path,
+    options: SegmentOptions,
+) -> None:
+    """The measurement report beside the SEG; if it fails, the SEG goes too (one job, one
+    outcome)."""
+    from medseg.results.report import write_report
+
+    try:
+        write_report(
+            volume,
+            seg,
+            binary_segments(result),
+            card,
+            Path(options.report),  # type: ignore[arg-type]
+            series_number=report_series_number(options.series_number),
+        )
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise

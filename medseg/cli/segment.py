@@ -1,4 +1,5 @@
-"""``medseg segment``: one DICOM series in, one DICOM-SEG out (plus an optional PNG preview)."""
+"""``medseg segment``: one DICOM series in, one DICOM-SEG out (plus an optional PNG preview
+and measurement report SR)."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="overwrite an existing OUT.dcm / --preview file (never an input file)",
+        help="overwrite an existing OUT.dcm / --preview / --report file (never an input file)",
     )
     parser.add_argument("--model", type=Path, help="model file (default: the bundled model)")
     parser.add_argument(
@@ -116,6 +117,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=4, help="slices per inference call")
     parser.add_argument("--preview", type=Path, metavar="OUT.png", help="write a PNG montage")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="OUT.sr.dcm",
+        help="also write a TID 1500 Measurement Report SR of the SEG's lesions (volume, "
+        "long/short axis, CT HU statistics; docs/report.md)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
 
@@ -156,6 +164,7 @@ def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazi
         series_description=args.series_description,
         batch_size=args.batch_size,
         preview=args.preview,
+        report=args.report,
     )
 
 
@@ -190,7 +199,7 @@ def skipped_report(skipped: Sequence[SkippedFile], *, list_all: bool) -> list[st
 def run(args: argparse.Namespace) -> int:
     from medseg.pipeline import segment
 
-    for out in (args.output, args.preview):
+    for out in (args.output, args.preview, args.report):
         if out is not None:
             check_overwrite(out, args.inputs, force=args.force)
     options = build_options(args)
@@ -201,4 +210,6 @@ def run(args: argparse.Namespace) -> int:
     print(result.summary())
     if result.preview is not None:
         print(f"preview: {result.preview}")
+    if result.report is not None:
+        print(f"report: {result.report}")
     return 0
