@@ -71,7 +71,10 @@ def load_checkpoint(
         cfg = stored_cfg
         if config is not None and resolve_config(config) != stored_cfg:
             wanted = resolve_config(config)
-            if replace(wanted, prompt_channels=0) != stored_cfg:
+            if (
+                replace(wanted, prompt_channels=0, decoder_norm=stored_cfg.decoder_norm)
+                != stored_cfg
+            ):
                 raise ConfigError(
                     f"checkpoint {path} was made for a different config than {config}"
                 )
@@ -89,6 +92,9 @@ def load_checkpoint(
         # published key must fit strictly; the prompt embedding keeps its zero start
         state = {**model.prompt_embed.state_dict(prefix="prompt_embed."), **state}
         log.info("%s has no prompt embedding: it starts at zero (automatic behaviour)", path)
+        if cfg.decoder_norm == "group":  # GroupNorm keeps BatchNorm's affine weights only
+            buffers = ("running_mean", "running_var", "num_batches_tracked")
+            state = {k: v for k, v in state.items() if not k.endswith(buffers)}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -12,6 +12,8 @@ from typing import Any
 
 from medseg.errors import ConfigError
 
+GROUPS = 8  # GroupNorm groups of a "group" decoder
+
 
 @dataclass(frozen=True)
 class Sam2UnetConfig:
@@ -23,6 +25,10 @@ class Sam2UnetConfig:
     automatic-only network; 2 adds a dense prompt input (positive and negative evidence maps,
     ``medseg.model.prompt_embed``) whose embedding is added to the patch embedding, as SAM
     adds its dense prompt to the image embedding. An all-zero prompt is automatic mode.
+    ``decoder_norm`` is the decoder's normalisation: "batch" (the published BatchNorm) or
+    "group" (GroupNorm, 8 groups): training on small mixed batches (CT and MR, crops and
+    whole views, four at a time) leaves BatchNorm's running statistics far from any one
+    input, which made validation swing from epoch to epoch.
     """
 
     embed_dim: int
@@ -34,6 +40,7 @@ class Sam2UnetConfig:
     decoder_channels: int = 64
     adapter_dim: int = 32
     prompt_channels: int = 0
+    decoder_norm: str = "batch"
 
     def __post_init__(self) -> None:
         if len(self.stages) != 4 or min(self.stages) < 1:
@@ -50,6 +57,12 @@ class Sam2UnetConfig:
                 raise ConfigError(f"SAM2-UNet config: {name} must be positive")
         if self.prompt_channels not in (0, 2):
             raise ConfigError("SAM2-UNet config: prompt_channels must be 0 (none) or 2")
+        if self.decoder_norm not in ("batch", "group"):
+            raise ConfigError("SAM2-UNet config: decoder_norm must be 'batch' or 'group'")
+        if self.decoder_norm == "group" and self.decoder_channels % GROUPS:
+            raise ConfigError(
+                f"SAM2-UNet config: group norm needs decoder_channels % {GROUPS} == 0"
+            )
         if self.embed_dim % self.num_heads:
             raise ConfigError("SAM2-UNet config: embed_dim must be divisible by num_heads")
 
@@ -70,6 +83,8 @@ class Sam2UnetConfig:
         data = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
         if not self.prompt_channels:  # the published configs' dicts stay as they were
             del data["prompt_channels"]
+        if self.decoder_norm == "batch":
+            del data["decoder_norm"]
         return data
 
     @classmethod
@@ -102,8 +117,11 @@ NAMED_CONFIGS: dict[str, Sam2UnetConfig] = {
     "micro": Sam2UnetConfig(16, 1, (1, 2, 2, 1), (4,), (8, 4, 16, 8), (7, 7)),
     # The bundled phantom model: micro's trunk with a half-width decoder (CPU-trainable).
     "phantom": Sam2UnetConfig(16, 1, (1, 2, 2, 1), (4,), (8, 4, 16, 8), (7, 7), 32, 16),
-    # The promptable phantom model: the same network plus the dense prompt input.
-    "phantom_prompt": Sam2UnetConfig(16, 1, (1, 2, 2, 1), (4,), (8, 4, 16, 8), (7, 7), 32, 16, 2),
+    # The promptable phantom model: the same network plus the dense prompt input, with
+    # GroupNorm in the decoder (small mixed batches).
+    "phantom_prompt": Sam2UnetConfig(
+        16, 1, (1, 2, 2, 1), (4,), (8, 4, 16, 8), (7, 7), 32, 16, 2, "group"
+    ),
 }
 
 

@@ -14,9 +14,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medseg.model.config import Sam2UnetConfig, resolve_config
+from medseg.model.config import GROUPS, Sam2UnetConfig, resolve_config
 from medseg.model.hiera import Hiera
 from medseg.model.prompt_embed import PromptEmbed
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    """The decoder's normalisation (``Sam2UnetConfig.decoder_norm``); both keep the
+    published ``weight``/``bias`` names, GroupNorm has no running statistics."""
+    if kind == "group":
+        return nn.GroupNorm(GROUPS, channels)
+    return nn.BatchNorm2d(channels)
 
 
 class BasicConv2d(nn.Module):
@@ -29,10 +37,11 @@ class BasicConv2d(nn.Module):
         kernel: int | tuple[int, int],
         padding: int | tuple[int, int] = 0,
         dilation: int = 1,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, bias=False)
-        self.bn = nn.BatchNorm2d(cout)
+        self.bn = _norm(norm, cout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(x))
@@ -41,19 +50,19 @@ class BasicConv2d(nn.Module):
 class RFB(nn.Module):
     """Receptive-field block: four branches of growing (dilated) context plus a residual."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, norm: str = "batch") -> None:
         super().__init__()
-        self.branch0 = nn.Sequential(BasicConv2d(cin, cout, 1))
+        self.branch0 = nn.Sequential(BasicConv2d(cin, cout, 1, norm=norm))
         for index, k in ((1, 3), (2, 5), (3, 7)):
             branch = nn.Sequential(
-                BasicConv2d(cin, cout, 1),
-                BasicConv2d(cout, cout, (1, k), padding=(0, k // 2)),
-                BasicConv2d(cout, cout, (k, 1), padding=(k // 2, 0)),
-                BasicConv2d(cout, cout, 3, padding=k, dilation=k),
+                BasicConv2d(cin, cout, 1, norm=norm),
+                BasicConv2d(cout, cout, (1, k), padding=(0, k // 2), norm=norm),
+                BasicConv2d(cout, cout, (k, 1), padding=(k // 2, 0), norm=norm),
+                BasicConv2d(cout, cout, 3, padding=k, dilation=k, norm=norm),
             )
             self.add_module(f"branch{index}", branch)
-        self.conv_cat = BasicConv2d(4 * cout, cout, 3, padding=1)
-        self.conv_res = BasicConv2d(cin, cout, 1)
+        self.conv_cat = BasicConv2d(4 * cout, cout, 3, padding=1, norm=norm)
+        self.conv_res = BasicConv2d(cin, cout, 1, norm=norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branches = [self.branch0(x), self.branch1(x), self.branch2(x), self.branch3(x)]
@@ -63,14 +72,14 @@ class RFB(nn.Module):
 class DoubleConv(nn.Module):
     """(conv3x3 -> BN -> ReLU) twice, keyed ``double_conv.{0,1,3,4}``."""
 
-    def __init__(self, cin: int, cout: int, mid: int) -> None:
+    def __init__(self, cin: int, cout: int, mid: int, norm: str = "batch") -> None:
         super().__init__()
         self.double_conv = nn.Sequential(
             nn.Conv2d(cin, mid, 3, padding=1, bias=False),
-            nn.BatchNorm2d(mid),
+            _norm(norm, mid),
             nn.ReLU(inplace=True),
             nn.Conv2d(mid, cout, 3, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
+            _norm(norm, cout),
             nn.ReLU(inplace=True),
         )
 
@@ -81,9 +90,9 @@ class DoubleConv(nn.Module):
 class Up(nn.Module):
     """x2 bilinear upsampling (align_corners=True), pad to the skip, concat [skip, up], conv."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, norm: str = "batch") -> None:
         super().__init__()
-        self.conv = DoubleConv(cin, cout, cin // 2)
+        self.conv = DoubleConv(cin, cout, cin // 2, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True)
@@ -108,10 +117,10 @@ class SAM2UNet(nn.Module):
         c = config.decoder_channels
         self.encoder = Hiera(config)
         for index, dim in enumerate(config.stage_dims, start=1):
-            self.add_module(f"rfb{index}", RFB(dim, c))
+            self.add_module(f"rfb{index}", RFB(dim, c, config.decoder_norm))
         # up4 exists in the published checkpoints but the forward pass never uses it
         for index in range(1, 5):
-            self.add_module(f"up{index}", Up(2 * c, c))
+            self.add_module(f"up{index}", Up(2 * c, c, config.decoder_norm))
         self.side1 = nn.Conv2d(c, 1, kernel_size=1)
         self.side2 = nn.Conv2d(c, 1, kernel_size=1)
         self.head = nn.Conv2d(c, 1, kernel_size=1)

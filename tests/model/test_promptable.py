@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,11 @@ pytestmark = pytest.mark.slow
 
 
 def _twins():
+    """The bundled prompt-free network and its promptable twin (BatchNorm decoder, as the
+    prompt-free one: ``phantom_prompt`` itself uses GroupNorm)."""
     plain = build_sam2unet("phantom").eval()
-    prompted = build_sam2unet("phantom_prompt").eval()
+    twin = replace(NAMED_CONFIGS["phantom_prompt"], decoder_norm="batch")
+    prompted = build_sam2unet(twin).eval()
     missing = prompted.load_state_dict(plain.state_dict(), strict=False).missing_keys
     assert missing and all(k.startswith("prompt_embed.") for k in missing)
     return plain, prompted
@@ -32,7 +36,23 @@ def test_the_prompt_free_network_has_exactly_the_published_keys():
     plain, prompted = _twins()
     extra = set(prompted.state_dict()) - set(plain.state_dict())
     assert extra and all(k.startswith("prompt_embed.") for k in extra)
-    assert "prompt_channels" not in NAMED_CONFIGS["hiera_l"].to_dict()
+    published = NAMED_CONFIGS["hiera_l"].to_dict()
+    assert "prompt_channels" not in published and "decoder_norm" not in published
+
+
+def test_a_group_norm_decoder_keeps_the_weights_and_drops_the_running_statistics():
+    plain = build_sam2unet("phantom")
+    grouped = build_sam2unet("phantom_prompt")
+    assert isinstance(grouped.up1.conv.double_conv[1], torch.nn.GroupNorm)
+    assert NAMED_CONFIGS["phantom_prompt"].to_dict()["decoder_norm"] == "group"
+    buffers = {k for k in plain.state_dict() if k.endswith(("running_mean", "running_var"))}
+    assert buffers and not buffers & set(grouped.state_dict())
+    weights = (
+        set(plain.state_dict())
+        - buffers
+        - {k for k in plain.state_dict() if k.endswith("num_batches_tracked")}
+    )
+    assert weights <= set(grouped.state_dict())
 
 
 def test_a_fresh_prompt_embedding_leaves_the_network_as_it_was_until_trained():
@@ -55,7 +75,7 @@ def test_a_prompt_free_checkpoint_starts_its_promptable_twin(tmp_path: Path):
     path = tmp_path / "plain.pth"
     save_checkpoint(path, plain, config_name="phantom")
     loaded = load_checkpoint(path, "phantom_prompt")
-    assert loaded.config.prompt_channels == 2
+    assert loaded.config.prompt_channels == 2 and loaded.config.decoder_norm == "group"
     torch.testing.assert_close(
         loaded.model.rfb1.conv_res.conv.weight, plain.rfb1.conv_res.conv.weight
     )
