@@ -35,7 +35,7 @@ from pydicom.errors import InvalidDicomError
 from medseg.dicom.marks import Mark, read_marks
 from medseg.dicom.marks.gsps import GSPS_SOP_CLASS
 from medseg.dicom.marks.sr import SR_SOP_CLASSES
-from medseg.errors import DicomInputError, PromptError
+from medseg.errors import DicomInputError, MedsegError, PromptError
 from medseg.server.completion import RECEIVING, SeriesInfo, SeriesTracker
 from medseg.server.config import RuleConfig, ServerConfig
 from medseg.server.jobs import REPORT_FILE, SEG_FILE, Delivery, Job, JobBook, mark_job_id
@@ -267,7 +267,13 @@ class MarkJobs:
         now = time.time() if now is None else now
         created: list[Job] = []
         for record in self.inbox.waiting():
-            created.extend(self._resolve(record, now))
+            try:
+                created.extend(self._resolve(record, now))
+            except (MedsegError, OSError) as exc:  # this object's fault: say so, go on
+                logger.warning("mark object %s rejected: %s", record.sop_uid, exc)
+                self._settle(record, REJECTED, str(exc), ())
+            except Exception:  # a bug, or the database busy: keep it waiting, try the others
+                logger.exception("mark object %s: resolving failed", record.sop_uid)
         return created
 
     def _settle(self, record: MarkRecord, state: str, detail: str, jobs: Sequence[str]) -> None:

@@ -170,6 +170,11 @@ def test_mark_before_its_series_waits_and_the_automatic_job_is_independent(
     (sr_file,) = found[SR_CLASS]
     assert prompt_job.report_uid == str(pydicom.dcmread(sr_file).SOPInstanceUID)
 
+    # the same mark object again: looked at again, but it is the same job (no new result)
+    assert storescu(service.port, [mark]).returncode == 0
+    wait_until(lambda: not service.inbox.waiting(), 30, "the re-sent mark resolved")
+    assert len(service.store.jobs()) == 2 and counting_receiver.total() == 3
+
 
 def test_mark_on_an_unknown_series_or_unusable_shows_in_status(
     running: Callable,
