@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import (
@@ -28,6 +29,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE
+from pynetdicom.sop_class import Verification
 
 from medseg.errors import MedsegError
 from medseg.server.config import DeliveryConfig
@@ -59,8 +61,9 @@ class DeliveryError(MedsegError):
 
 def permanent_status(status: int) -> bool:
     """C-STORE failures that a retry cannot cure: 0xCxxx (cannot understand), 0xA9xx
-    (data set does not match the SOP class), 0x0122 (SOP class not supported), 0x0124 (not
-    authorised). Out of resources (0xA7xx) and anything else may pass later."""
+        (data set does not match the SOP class), 0x0122 (SOP class not supported), 0x0124 (not
+        authorised). Out of resources (0xA7xx) and anything else may pass later. A peer that
+    accepts no presentation context for the file's SOP class refuses it the same way."""
     return (status & 0xF000) == 0xC000 or (status & 0xFF00) == 0xA900 or status in (0x0122, 0x0124)
 
 
@@ -92,6 +95,9 @@ def send_file(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
     ae.add_requested_context(sop_class, syntaxes)
+    # Verification too, so that a peer that stores no such object still associates and the
+    # refusal is told apart from a peer that is down (pynetdicom aborts with no context).
+    ae.add_requested_context(Verification)
     if delivery.tls and tls_context is None:
         raise DeliveryError(f"{delivery.name}: TLS destination but no TLS client context")
     tls_args = (tls_context, delivery.host) if delivery.tls else None
@@ -102,6 +108,12 @@ def send_file(
         reason = "rejected" if assoc.is_rejected else "unreachable or aborted"
         raise DeliveryError(
             f"{delivery.ae_title}@{delivery.host}:{delivery.port}: association {reason}"
+        )
+    if not any(c.abstract_syntax == sop_class for c in assoc.accepted_contexts):
+        assoc.release()  # the peer does not store this kind of object (e.g. no SR): refused
+        raise DeliveryError(
+            f"{delivery.ae_title}: does not accept {pydicom.uid.UID(sop_class).name}",
+            permanent=True,
         )
     try:
         response = assoc.send_c_store(path)
