@@ -46,8 +46,9 @@ CREATE TABLE IF NOT EXISTS series (
 CREATE INDEX IF NOT EXISTS series_state ON series(state, last_seen);
 """
 
-# Series states: still arriving; complete and handed to a job; complete, no rule matched.
-RECEIVING, SUBMITTED, UNMATCHED = "receiving", "submitted", "unmatched"
+# Series states: still arriving; complete and handed to a job; complete, no rule matched;
+# complete and kept for a reader's marks (its rule has automatic = false).
+RECEIVING, SUBMITTED, UNMATCHED, HELD = "receiving", "submitted", "unmatched", "held"
 
 
 class SeriesStudyConflictError(DicomInputError):

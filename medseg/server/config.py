@@ -200,6 +200,17 @@ class DeliveryConfig:
             check_ae_title("calling_ae_title", self.calling_ae_title)
 
 
+@dataclass(frozen=True)
+class MarksConfig:
+    """A reader's marks (GSPS, TID 1500 SR) received by C-STORE: how long one waits for the
+    series it references (it may arrive before or during its series) before giving up."""
+
+    wait_seconds: float = 600.0
+
+    def __post_init__(self) -> None:
+        _require(self.wait_seconds > 0, "wait_seconds", "must be positive")
+
+
 MODEL_BACKENDS = ("auto", "onnxruntime", "aidlite")
 # ONNX Runtime execution providers by short name (medseg.engine.onnx_runtime's aliases);
 # full names ending in "ExecutionProvider" are passed through as they are.
@@ -295,9 +306,20 @@ class RuleConfig:
     prompts: tuple[str, ...] = ()  # "box=x0,y0,x1,y1@k0-k1", "point-mm=x,y,z:neg", ...
     destinations: tuple[str, ...] = (CALLER,)
     output_folder: str = ""
+    automatic: bool = True  # segment every matching series without prompts
+    marks: bool = False  # a reader's marks on a matching series become prompt jobs
+    marks_model: str = ""  # the promptable model for mark jobs ('' = model)
 
     def __post_init__(self) -> None:
         _require(bool(self.name), "name", "is required")
+        _require(
+            self.automatic or self.marks,
+            "automatic",
+            "a rule with automatic = false must take marks (marks = true), else it does nothing",
+        )
+        _require(
+            self.marks or not self.marks_model, "marks_model", "applies only with marks = true"
+        )
         _require(self.min_slices >= 1, "min_slices", "must be >= 1")
         _require(
             self.threshold is None or 0.0 < self.threshold < 1.0,
@@ -338,6 +360,7 @@ class ServerConfig:
     queue: QueueConfig = field(default_factory=QueueConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    marks: MarksConfig = field(default_factory=MarksConfig)
     peers: tuple[PeerConfig, ...] = ()
     destinations: tuple[DestinationConfig, ...] = ()
     rules: tuple[RuleConfig, ...] = ()
@@ -387,6 +410,7 @@ _TABLES = {
     "queue": QueueConfig,
     "delivery": DeliveryConfig,
     "model": ModelConfig,
+    "marks": MarksConfig,
 }
 _ARRAYS = {"peers": PeerConfig, "destinations": DestinationConfig, "rules": RuleConfig}
 

@@ -7,8 +7,10 @@ or that sit queued with no message (lost). Every change is a compare-and-swap on
 record's version, so two workers that receive the same id never both run it, and running a
 duplicate message is harmless.
 
-States: ``queued`` -> ``running`` -> ``delivering`` (SEG written, waiting in the outbox for
-each destination) -> ``done``; ``failed`` keeps its error visible.
+States: ``queued`` -> ``running`` -> ``delivering`` (results written, waiting in the outbox
+for each destination) -> ``done``; ``failed`` keeps its error visible. A job may have several
+result files (a prompt job from a reader's marks: the SEG and the measurement report); each
+(destination, file) is one delivery with its own state, attempts and error.
 """
 
 from __future__ import annotations
@@ -27,20 +29,32 @@ FINAL = (DONE, FAILED)
 
 PENDING, DELIVERED, UNDELIVERABLE = "pending", "delivered", "undeliverable"
 
+# The result files a job leaves in its outbox folder (``Spool.job_dir``).
+SEG_FILE = "seg.dcm"
+REPORT_FILE = "report.sr.dcm"
+
 
 @dataclass(frozen=True)
 class Delivery:
-    """One destination of a job's SEG, resolved to an address when the job is created."""
+    """One result file of a job to one destination, resolved to an address when the job is
+    created. ``file`` names the file in the job's outbox folder (a record written before
+    jobs had several files has none: its SEG)."""
 
     name: str
     ae_title: str
     host: str
     port: int
     tls: bool = False
+    file: str = SEG_FILE
     state: str = PENDING
     attempts: int = 0
     next_attempt: float = 0.0
     error: str = ""
+
+    @property
+    def label(self) -> str:
+        """The delivery in a log line: its destination, and the file unless it is the SEG."""
+        return self.name if self.file == SEG_FILE else f"{self.name} ({self.file})"
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,8 @@ class Job:
     threshold: float | None = None  # None: the model card's
     prompts: tuple[str, ...] = ()  # the rule's prompt texts (see ruleprompts.py)
     output_folder: str = ""
+    mark_uid: str = ""  # a prompt job: the SOP Instance UID of the reader's mark object
+    mark_file: str = ""  # ... and where the spool keeps it
     state: str = QUEUED
     attempts: int = 0
     lease_until: float = 0.0
@@ -67,6 +83,7 @@ class Job:
     enqueued: float = 0.0
     output: str = ""
     seg_uid: str = ""
+    report_uid: str = ""  # the measurement report's SOP Instance UID (prompt jobs)
     slices: int = 0
     volume_ml: float = 0.0
     seconds: float = 0.0
@@ -91,6 +108,12 @@ class Job:
 def job_id_for(series_uid: str, epoch: int) -> str:
     """A deterministic UID-shaped id: completing the same series epoch twice is one job."""
     return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'{series_uid}#{epoch}').int}"
+
+
+def mark_job_id(series_uid: str, mark_uid: str) -> str:
+    """The prompt job of one mark object on one series: the same mark received twice is one
+    job, another mark object on the same series another job (and result series)."""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'{series_uid}#mark#{mark_uid}').int}"
 
 
 class JobStore(Protocol):
@@ -219,20 +242,25 @@ class JobBook:
         return self._update(job_id, change)
 
     def update_delivery(
-        self, job_id: str, name: str, change: Callable[[Delivery], Delivery | None]
+        self,
+        job_id: str,
+        name: str,
+        change: Callable[[Delivery], Delivery | None],
+        file: str = SEG_FILE,
     ) -> Job | None:
-        """Change one delivery of a delivering job; the job is done when none is pending."""
+        """Change the delivery of ``file`` to destination ``name`` of a delivering job; the
+        job is done when none is pending."""
 
         def job_change(job: Job) -> Job | None:
             if job.state != DELIVERING:
                 return None
-            found = next((d for d in job.deliveries if d.name == name), None)
+            found = next((d for d in job.deliveries if (d.name, d.file) == (name, file)), None)
             if found is None:
                 return None
             new = change(found)
             if new is None:
                 return None
-            deliveries = tuple(new if d.name == name else d for d in job.deliveries)
+            deliveries = tuple(new if d is found else d for d in job.deliveries)
             state = DELIVERING if any(d.state == PENDING for d in deliveries) else DONE
             return dataclasses.replace(job, deliveries=deliveries, state=state)
 

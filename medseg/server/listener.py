@@ -47,6 +47,7 @@ from medseg.errors import ConfigError
 from medseg.server.completion import InstanceInfo, SeriesStudyConflictError, SeriesTracker
 from medseg.server.config import ServerConfig
 from medseg.server.guard import ConnectionLimits, GuardedServer
+from medseg.server.markjobs import MarkInbox, MarkRecord, is_mark_class
 from medseg.server.pixels import IncompletePixelDataError, check_pixel_data
 from medseg.server.sopclasses import IMAGE_CLASSES, OTHER_CLASSES, is_image_class
 from medseg.server.spool import Spool, SpoolFullError
@@ -85,11 +86,18 @@ def _status(code: int, comment: str) -> Dataset:
 
 
 class StoreHandler:
-    """The C-STORE handler: decode the header, check it, spool the encoded bytes, track."""
+    """The C-STORE handler: decode the header, check it, spool the encoded bytes, track.
 
-    def __init__(self, spool: Spool, tracker: SeriesTracker) -> None:
+    A presentation state or SR (which may hold a reader's marks) is also recorded in the
+    ``marks`` inbox, when one is given, before success is answered.
+    """
+
+    def __init__(
+        self, spool: Spool, tracker: SeriesTracker, marks: MarkInbox | None = None
+    ) -> None:
         self.spool = spool
         self.tracker = tracker
+        self.marks = marks
 
     def __call__(self, event: Any) -> int | Dataset:
         calling = event.assoc.requestor.ae_title
@@ -125,6 +133,12 @@ class StoreHandler:
                 raise SeriesStudyConflictError(series, known.study_uid, study)
             path = self.spool.store(event.encoded_dataset(include_meta=True), study, series, sop)
             self.tracker.seen(info)
+            sop_class = str(event.request.AffectedSOPClassUID)
+            if self.marks is not None and is_mark_class(sop_class):
+                self.marks.received(
+                    MarkRecord(sop, study, series, sop_class, calling, info.peer_host)
+                )
+                logger.info("mark object %s from %s: waiting for its series", sop, calling)
         except SeriesStudyConflictError as exc:
             if path is not None:  # another association won the race: keep its study only
                 self.spool.remove_instance(path)
@@ -207,12 +221,16 @@ def start_listener(
     spool: Spool,
     tracker: SeriesTracker,
     ssl_context: ssl.SSLContext | None = None,
+    marks: MarkInbox | None = None,
 ) -> GuardedServer:
-    """Start listening in background threads; stop it with ``server.shutdown()``."""
+    """Start listening in background threads; stop it with ``server.shutdown()``.
+
+    With ``marks``, received presentation states and SRs are recorded there to become
+    prompt jobs (``markjobs.py``)."""
     ae = build_ae(config)
     handlers = [
         (evt.EVT_REQUESTED, AccessControl(config)),
-        (evt.EVT_C_STORE, StoreHandler(spool, tracker)),
+        (evt.EVT_C_STORE, StoreHandler(spool, tracker, marks)),
     ]
     address = (config.listener.host, config.listener.port)
     try:

@@ -1,4 +1,4 @@
-"""Delivery: the outbox sends each job's SEG to each destination until it is confirmed.
+"""Delivery: the outbox sends each job's result files to each destination until confirmed.
 
 A delivery is retried with exponential backoff (``initial * 2**(attempts-1)`` up to the
 maximum) and given up after ``give_up_after_hours`` (then it shows as undeliverable in
@@ -6,7 +6,8 @@ maximum) and given up after ``give_up_after_hours`` (then it shows as undelivera
 0xA9xx, ...) is given up after ``permanent_failure_tries`` attempts instead. Sends run on
 a small thread pool, one at a time per peer, so a destination that hangs until its timeout
 never holds up deliveries to others. 0x0111 (duplicate SOP instance) from a peer means it
-already has the SEG: delivered.
+already has the file: delivered. Each (destination, file) of a job is one delivery (a prompt
+job sends its SEG and its measurement report), claimed, retried and recorded on its own.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
 from pynetdicom import AE
-from pynetdicom.sop_class import SegmentationStorage
+from pynetdicom.sop_class import Verification
 
 from medseg.errors import MedsegError
 from medseg.server.config import DeliveryConfig
@@ -33,6 +37,7 @@ from medseg.server.jobs import (
     DELIVERED,
     DELIVERING,
     PENDING,
+    SEG_FILE,
     UNDELIVERABLE,
     Delivery,
     Job,
@@ -45,7 +50,7 @@ OK_STATUSES = {0x0000, 0x0111, 0xB000, 0xB007, 0xB006}
 
 
 class DeliveryError(MedsegError):
-    """A destination did not take the SEG (unreachable, rejected, or a failure status).
+    """A destination did not take a result (unreachable, rejected, or a failure status).
 
     ``permanent``: the peer understood and refused (trying again later will not help)."""
 
@@ -56,8 +61,9 @@ class DeliveryError(MedsegError):
 
 def permanent_status(status: int) -> bool:
     """C-STORE failures that a retry cannot cure: 0xCxxx (cannot understand), 0xA9xx
-    (data set does not match the SOP class), 0x0122 (SOP class not supported), 0x0124 (not
-    authorised). Out of resources (0xA7xx) and anything else may pass later."""
+        (data set does not match the SOP class), 0x0122 (SOP class not supported), 0x0124 (not
+        authorised). Out of resources (0xA7xx) and anything else may pass later. A peer that
+    accepts no presentation context for the file's SOP class refuses it the same way."""
     return (status & 0xF000) == 0xC000 or (status & 0xFF00) == 0xA900 or status in (0x0122, 0x0124)
 
 
@@ -69,14 +75,29 @@ def send_file(
     timeout: float,
     tls_context: ssl.SSLContext | None = None,
 ) -> int:
-    """C-STORE one DICOM file to ``delivery``'s address; returns the peer's status."""
+    """C-STORE one DICOM file to ``delivery``'s address; returns the peer's status.
+
+    The presentation context asked for is the file's own SOP class (a SEG, an SR), with its
+    transfer syntax first.
+    """
+    try:
+        meta = read_file_meta_info(path)
+    except (InvalidDicomError, OSError) as exc:
+        raise DeliveryError(f"{delivery.label}: cannot read {path.name}: {exc}") from exc
+    sop_class = str(meta.get("MediaStorageSOPClassUID", ""))
+    if not sop_class:
+        raise DeliveryError(f"{delivery.label}: {path.name} names no SOP class")
+    syntaxes = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian]
+    own = meta.get("TransferSyntaxUID")
+    if own and own not in syntaxes:
+        syntaxes.insert(0, own)
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
-    ae.add_requested_context(
-        SegmentationStorage,
-        [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian],
-    )
+    ae.add_requested_context(sop_class, syntaxes)
+    # Verification too, so that a peer that stores no such object still associates and the
+    # refusal is told apart from a peer that is down (pynetdicom aborts with no context).
+    ae.add_requested_context(Verification)
     if delivery.tls and tls_context is None:
         raise DeliveryError(f"{delivery.name}: TLS destination but no TLS client context")
     tls_args = (tls_context, delivery.host) if delivery.tls else None
@@ -87,6 +108,12 @@ def send_file(
         reason = "rejected" if assoc.is_rejected else "unreachable or aborted"
         raise DeliveryError(
             f"{delivery.ae_title}@{delivery.host}:{delivery.port}: association {reason}"
+        )
+    if not any(c.abstract_syntax == sop_class for c in assoc.accepted_contexts):
+        assoc.release()  # the peer does not store this kind of object (e.g. no SR): refused
+        raise DeliveryError(
+            f"{delivery.ae_title}: does not accept {pydicom.uid.UID(sop_class).name}",
+            permanent=True,
         )
     try:
         response = assoc.send_c_store(path)
@@ -120,7 +147,7 @@ class Sender:
         self.calling_ae = config.calling_ae_title or calling_ae
         self.tls_context = tls_context
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="medseg-send")
-        self._in_flight: set[tuple[str, str]] = set()
+        self._in_flight: set[tuple[str, str, str]] = set()
         self._busy_peers: set[tuple[str, int, str]] = set()
         self._lock = threading.Lock()
 
@@ -134,7 +161,7 @@ class Sender:
         started = 0
         for job in self.book.store.jobs((DELIVERING,)):
             for delivery in job.pending:
-                key = (job.id, delivery.name)
+                key = (job.id, delivery.name, delivery.file)
                 peer = (delivery.host, delivery.port, delivery.ae_title)
                 with self._lock:
                     # One send at a time per peer: a peer that hangs until the timeout
@@ -151,12 +178,13 @@ class Sender:
 
     def _attempt(self, job: Job, delivery: Delivery) -> None:
         try:
-            self.deliver(job.id, delivery.name, Path(job.output), job.created)
+            path = Path(job.output).parent / delivery.file
+            self.deliver(job.id, delivery.name, path, job.created, file=delivery.file)
         except Exception:  # a bug must not kill the pool thread silently
-            logger.exception("delivery of job %s to %s crashed", job.id, delivery.name)
+            logger.exception("delivery of job %s to %s crashed", job.id, delivery.label)
         finally:
             with self._lock:
-                self._in_flight.discard((job.id, delivery.name))
+                self._in_flight.discard((job.id, delivery.name, delivery.file))
                 self._busy_peers.discard((delivery.host, delivery.port, delivery.ae_title))
 
     def lease_seconds(self) -> float:
@@ -167,7 +195,9 @@ class Sender:
         """
         return 4 * self.config.timeout_seconds + 30.0
 
-    def claim(self, job_id: str, name: str, now: float | None = None) -> Job | None:
+    def claim(
+        self, job_id: str, name: str, now: float | None = None, file: str = SEG_FILE
+    ) -> Job | None:
         """Take one delivery for sending, or None when it is not due or another sender has it.
 
         One compare-and-swap on the job record, so of several senders (the listener's and
@@ -188,14 +218,17 @@ class Sender:
                 next_attempt=t + max(self.backoff(d.attempts + 1), self.lease_seconds()),
             )
 
-        return self.book.update_delivery(job_id, name, change)
+        return self.book.update_delivery(job_id, name, change, file)
 
-    def deliver(self, job_id: str, name: str, output: Path, created: float) -> bool:
-        """One attempt; records the outcome on the job. True when delivered."""
-        claimed = self.claim(job_id, name)
+    def deliver(
+        self, job_id: str, name: str, output: Path, created: float, file: str = SEG_FILE
+    ) -> bool:
+        """One attempt to send ``output`` (the job's ``file``) to destination ``name``;
+        records the outcome on the job. True when delivered."""
+        claimed = self.claim(job_id, name, file=file)
         if claimed is None:
             return False
-        delivery = next(d for d in claimed.deliveries if d.name == name)
+        delivery = next(d for d in claimed.deliveries if (d.name, d.file) == (name, file))
         try:
             status = send_file(
                 output,
@@ -217,11 +250,12 @@ class Sender:
                 job_id,
                 name,
                 lambda d: dataclasses.replace(d, error=error, state=state, next_attempt=retry_at),
+                file,
             )
             logger.warning(
                 "job %s: delivery to %s failed (attempt %d%s): %s",
                 job_id,
-                name,
+                delivery.label,
                 delivery.attempts,
                 (", refused: giving up" if refused else ", giving up")
                 if give_up
@@ -230,9 +264,10 @@ class Sender:
             )
             return False
         self.book.update_delivery(
-            job_id, name, lambda d: dataclasses.replace(d, state=DELIVERED, error="")
+            job_id, name, lambda d: dataclasses.replace(d, state=DELIVERED, error=""), file
         )
-        logger.info("job %s: SEG delivered to %s (status 0x%04X)", job_id, name, status)
+        what = "SEG" if file == SEG_FILE else file
+        logger.info("job %s: %s delivered to %s (status 0x%04X)", job_id, what, name, status)
         return True
 
     def close(self) -> None:

@@ -17,11 +17,12 @@ from pathlib import Path
 from types import FrameType
 
 from medseg.errors import MedsegError
-from medseg.server.completion import SUBMITTED, UNMATCHED, SeriesInfo, SeriesTracker
+from medseg.server.completion import HELD, SUBMITTED, UNMATCHED, SeriesInfo, SeriesTracker
 from medseg.server.config import CALLER, ServerConfig
 from medseg.server.jobs import DONE, FAILED, Delivery, Job, JobBook, JobStore, job_id_for
 from medseg.server.jobstore import RedisJobStore, SqliteJobStore
 from medseg.server.listener import start_listener
+from medseg.server.markjobs import MarkInbox, MarkJobs
 from medseg.server.queue import JobQueue
 from medseg.server.routing import route
 from medseg.server.sender import Sender
@@ -102,6 +103,7 @@ class Service:
             max_attempts=config.queue.max_attempts,
         )
         self.tracker = SeriesTracker(self.spool.database) if listen else None
+        self.inbox = MarkInbox(self.spool.database) if listen else None
         self._segmenter = segmenter or PipelineSegmenter(config.model)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -114,6 +116,19 @@ class Service:
             on_processed=self._wake.set,
         )
         self.queue = JobQueue(config.queue, self.spool.root, handler=self.runner.run)
+        self.mark_jobs = (
+            MarkJobs(
+                config,
+                self.spool,
+                self.tracker,
+                self.inbox,
+                self.book,
+                enqueue=self.enqueue,
+                deliveries=lambda names, series: deliveries_for(config, names, series),
+            )
+            if self.tracker is not None and self.inbox is not None
+            else None
+        )
         tls = config.tls
         self.sender = Sender(
             self.book,
@@ -161,6 +176,15 @@ class Service:
                         "no rule matches" if series.is_image else "not an image series",
                     )
                 continue
+            if not rule.automatic:
+                if self.tracker.close_epoch(series, HELD):
+                    logger.info(
+                        "series %s (%d instances): rule %s runs no automatic job; kept for marks",
+                        series.series_uid,
+                        len(files),
+                        rule.name,
+                    )
+                continue
             job = Job(
                 id=job_id_for(series.series_uid, series.epoch + 1),
                 series_uid=series.series_uid,
@@ -189,6 +213,10 @@ class Service:
                 self.store.delete(job.id)  # reopened meanwhile: it completes again later
         return created
 
+    def resolve_marks(self) -> list[Job]:
+        """Turn waiting mark objects whose series are complete into prompt jobs."""
+        return self.mark_jobs.resolve() if self.mark_jobs is not None else []
+
     # -- retention -----------------------------------------------------------------------
     def apply_retention(self, now: float | None = None) -> int:
         """Remove finished jobs' outbox and record, and handled series, past retention."""
@@ -208,6 +236,8 @@ class Service:
                 self.spool.remove_series(series.study_uid, series.series_uid)
                 self.tracker.forget(series.series_uid)
                 removed += 1
+        if self.inbox is not None:
+            removed += self.inbox.forget_before(cutoff)
         return removed
 
     # -- life cycle ----------------------------------------------------------------------
@@ -226,6 +256,7 @@ class Service:
         now = time.time() if now is None else now
         if self.tracker is not None:
             self.complete_series()
+        self.resolve_marks()
         if now - self._last_sweep >= self.config.queue.sweep_interval_seconds:
             self._last_sweep = now
             self.sweep()
@@ -245,6 +276,7 @@ class Service:
         those workers check at their own start.
         """
         rule_models = [rule.model for rule in self.config.rules]
+        rule_models += [r.marks_model for r in self.config.rules if r.marks and r.marks_model]
         if not rule_models:
             self._models_checked = True
             return []
@@ -265,17 +297,20 @@ class Service:
         return paths
 
     def _check_rule_prompts(self) -> None:
-        """A rule with prompts needs a promptable model (one that takes them)."""
+        """A rule with prompts, or one that takes marks, needs a promptable model."""
         from medseg.modelcard import load_card_for
         from medseg.pipeline import check_promptable
 
         for rule in self.config.rules:
-            if rule.prompts:
-                path = PipelineSegmenter(self.config.model).model_path(rule.model)
+            needs = [(rule.model, "has prompts")] if rule.prompts else []
+            if rule.marks:
+                needs.append((rule.marks_model or rule.model, "takes marks"))
+            for model, why in needs:
+                path = PipelineSegmenter(self.config.model).model_path(model)
                 try:
                     check_promptable(load_card_for(path))
                 except MedsegError as exc:
-                    raise type(exc)(f"rule {rule.name!r} has prompts: {exc}") from exc
+                    raise type(exc)(f"rule {rule.name!r} {why}: {exc}") from exc
 
     def _check_model_file(self, rule_model: str) -> Path:
         from medseg.pipeline import SegmentOptions, resolve_model
@@ -293,7 +328,11 @@ class Service:
                 logger.warning("recovered %d spooled series the database had lost", recovered)
         if self.listen:
             self.server = start_listener(
-                self.config, self.spool, self.tracker, ssl_context=self._server_ssl
+                self.config,
+                self.spool,
+                self.tracker,
+                ssl_context=self._server_ssl,
+                marks=self.inbox,
             )
         self.sweep(all_queued=True)
         self._last_sweep = time.time()

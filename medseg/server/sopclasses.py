@@ -1,18 +1,21 @@
 """The storage SOP classes the listener accepts, and which of them are images to segment.
 
 Only image series may ever become jobs; the others (SEG, presentation states, SR) are
-stored beside them for later use as prompts and never processed themselves.
+stored beside them and never processed themselves: a presentation state or SR may hold a
+reader's marks, which become prompt jobs on the image series they reference (markjobs.py).
 """
 
 from __future__ import annotations
 
 from pynetdicom.sop_class import (
     BasicTextSRStorage,
+    Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
     CTImageStorage,
     EnhancedCTImageStorage,
     EnhancedMRImageStorage,
     EnhancedSRStorage,
+    ExtensibleSRStorage,
     GrayscaleSoftcopyPresentationStateStorage,
     LegacyConvertedEnhancedCTImageStorage,
     LegacyConvertedEnhancedMRImageStorage,
@@ -34,6 +37,8 @@ OTHER_CLASSES = (
     BasicTextSRStorage,
     EnhancedSRStorage,
     ComprehensiveSRStorage,
+    Comprehensive3DSRStorage,
+    ExtensibleSRStorage,
 )
 _IMAGE_UIDS = frozenset(str(uid) for uid in IMAGE_CLASSES)
 

@@ -19,6 +19,7 @@ from medseg.server.jobs import (
     STATES,
     UNDELIVERABLE,
 )
+from medseg.server.markjobs import mark_status
 from medseg.server.queue import JobQueue
 from medseg.server.service import open_spool, open_store
 from medseg.server.spool import DATABASE_NAME
@@ -111,6 +112,7 @@ def collect_status(config: ServerConfig, *, errors: int = 5) -> dict[str, Any]:
         ],
         "delivery_errors": delivery_errors[:errors],
         "failed": sum(1 for j in jobs if j.state == FAILED),
+        "marks": mark_status(spool.database, errors),
     }
 
 
@@ -162,4 +164,19 @@ def format_status(status: dict[str, Any]) -> str:
             f"  {_clock(err['time'])}  send to {err['destination']} {err['state']} "
             f"(series {err['series']}, attempt {err['attempts']}): {err['error']}"
         )
+    lines += _mark_lines(status.get("marks", {}))
     return "\n".join(lines)
+
+
+def _mark_lines(marks: dict[str, Any]) -> list[str]:
+    """Mark objects (GSPS, SR) by state, and the newest that made no prompt job and why."""
+    counts = marks.get("counts", {})
+    if not counts:
+        return []
+    lines = ["marks        " + ", ".join(f"{k} {v}" for k, v in counts.items())]
+    for entry in marks.get("problems", []):
+        lines.append(
+            f"  {_clock(entry['time'])}  mark {entry['state']} (object {entry['mark']}): "
+            f"{entry['detail']}"
+        )
+    return lines

@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydicom.filereader import read_file_meta_info
+
 from medseg.durable import write_with
 from medseg.errors import ConfigError, DicomInputError, ModelError, OutputError, PromptError
 from medseg.server.config import ModelConfig, QueueConfig
-from medseg.server.jobs import QUEUED, Job, JobBook
+from medseg.server.jobs import QUEUED, SEG_FILE, Job, JobBook
 from medseg.server.spool import Spool
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +44,8 @@ PERMANENT_ERRORS = (DicomInputError, ConfigError, ModelError, PromptError)
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a segmentation produced, as the job record keeps it."""
+    """What a segmentation produced, as the job record keeps it; ``report`` is the
+    measurement report beside the SEG (prompt jobs), in the same outbox folder."""
 
     output: Path
     seg_uid: str
@@ -50,6 +53,8 @@ class Outcome:
     volume_ml: float
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
+    report_uid: str = ""
 
 
 Segmenter = Callable[[list[Path], Path, Job], Outcome]
@@ -134,10 +139,19 @@ class PipelineSegmenter:
         return paths
 
     def __call__(self, files: list[Path], output: Path, job: Job) -> Outcome:
+        """Segment the series; a prompt job (``job.mark_uid``) takes the marks of its mark
+        object as prompts and writes the measurement report beside the SEG."""
         from medseg.pipeline import segment
+        from medseg.server.markjobs import mark_options
 
         options = self.options(job)
+        if job.mark_uid:
+            options = mark_options(options, job, files, output)
         result = segment(files, output, options, model=self.model(options))
+        report_uid = ""
+        if result.report is not None:
+            meta = read_file_meta_info(result.report)
+            report_uid = str(meta.get("MediaStorageSOPInstanceUID", ""))
         return Outcome(
             output=Path(result.output),
             seg_uid=result.sop_instance_uid,
@@ -145,6 +159,8 @@ class PipelineSegmenter:
             volume_ml=result.volume_ml,
             seconds=result.seconds,
             timings=dict(result.timings),
+            report=result.report,
+            report_uid=report_uid,
         )
 
     def close(self) -> None:
@@ -231,9 +247,11 @@ class JobRunner:
                 raise DicomInputError(f"no spooled instances for series {job.series_uid}")
             folder = self.spool.job_dir(job.id)
             folder.mkdir(parents=True, exist_ok=True)
-            outcome = self.segmenter(files, folder / "seg.dcm", job)
+            outcome = self.segmenter(files, folder / SEG_FILE, job)
             if job.output_folder:
-                _copy_out(outcome.output, Path(job.output_folder), job)
+                _copy_out(outcome.output, Path(job.output_folder), job, ".seg.dcm")
+                if outcome.report is not None:
+                    _copy_out(outcome.report, Path(job.output_folder), job, ".sr.dcm")
         except PERMANENT_ERRORS as exc:
             logger.error("job %s failed: %s", job.id, exc)
             self.book.failed(job.id, owner, str(exc), retry_in=None)
@@ -251,6 +269,7 @@ class JobRunner:
             owner,
             output=str(outcome.output),
             seg_uid=outcome.seg_uid,
+            report_uid=outcome.report_uid,
             slices=outcome.slices,
             volume_ml=outcome.volume_ml,
             seconds=outcome.seconds,
@@ -259,9 +278,10 @@ class JobRunner:
             logger.warning("job %s: finished after losing its lease; result discarded", job.id)
             return
         logger.info(
-            "job %s: SEG %s written (%d slices, %.1f ml, %.1f s: %s)",
+            "job %s: SEG %s%s written (%d slices, %.1f ml, %.1f s: %s)",
             job.id,
             outcome.seg_uid,
+            f" and report {outcome.report_uid}" if outcome.report_uid else "",
             outcome.slices,
             outcome.volume_ml,
             outcome.seconds,
@@ -284,9 +304,9 @@ class JobRunner:
                 logger.info("job %s: released for another worker", job_id)
 
 
-def _copy_out(seg: Path, folder: Path, job: Job) -> None:
-    """Put a copy of the SEG into a rule's output folder (temp file + fsync + rename)."""
+def _copy_out(result: Path, folder: Path, job: Job, suffix: str) -> None:
+    """Put a copy of a result into a rule's output folder (temp file + fsync + rename)."""
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{job.series_uid}_{job.id[-12:]}.seg.dcm"
-    with open(seg, "rb") as source:
+    target = folder / f"{job.series_uid}_{job.id[-12:]}{suffix}"
+    with open(result, "rb") as source:
         write_with(target, lambda handle: shutil.copyfileobj(source, handle))

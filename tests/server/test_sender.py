@@ -6,6 +6,7 @@ import dataclasses
 import threading
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from medseg.server.config import DeliveryConfig
@@ -124,3 +125,63 @@ def test_a_peer_that_refuses_for_good_is_given_up_after_a_few_tries(
         assert delivery.state == final and f"0x{status:04X}" in delivery.error
     finally:
         sender.close()
+
+
+def test_each_result_file_is_its_own_delivery_in_its_own_sop_class(tmp_path: Path) -> None:
+    """A prompt job's SEG and report: a peer that stores SEGs but no SR takes the SEG, and
+    the report alone is refused (undeliverable after permanent_failure_tries)."""
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import ComprehensiveSRStorage, SegmentationStorage, Verification
+
+    from medseg.server.jobs import DELIVERED, REPORT_FILE, SEG_FILE
+
+    outbox = tmp_path / "outbox"
+    outbox.mkdir()
+    write_seg_like(outbox / SEG_FILE, "1.2")
+    sr = pydicom.dcmread(outbox / SEG_FILE)
+    sr.SOPClassUID = sr.file_meta.MediaStorageSOPClassUID = ComprehensiveSRStorage
+    sr.save_as(outbox / REPORT_FILE, enforce_file_format=True)
+    stored: list[str] = []
+    ae = AE(ae_title="RECEIVER")
+    ae.add_supported_context(SegmentationStorage, ExplicitVRLittleEndian)
+    ae.add_supported_context(Verification)  # as every storage SCP (storescp, a PACS) does
+    server = ae.start_server(
+        ("127.0.0.1", 0),
+        block=False,
+        evt_handlers=[
+            (evt.EVT_C_STORE, lambda e: stored.append(e.request.AffectedSOPClassUID) or 0)
+        ],
+    )
+    try:
+        jobs = book(tmp_path / "medseg.db")
+        port = int(server.server_address[1])
+        target = Delivery("recv", "RECEIVER", "127.0.0.1", port)
+        job = Job(
+            job_id_for("1.2.3", 1),
+            "1.2.3",
+            "1.2",
+            "rule",
+            mark_uid="1.2.9",
+            deliveries=tuple(dataclasses.replace(target, file=f) for f in (SEG_FILE, REPORT_FILE)),
+        )
+        jobs.create(job)
+        jobs.claim(job.id, "worker")
+        job = jobs.processed(job.id, "worker", output=str(outbox / SEG_FILE))
+        config = DeliveryConfig(permanent_failure_tries=1, timeout_seconds=10)
+        sender = Sender(jobs, config, calling_ae="MEDSEG")
+        try:
+            assert sender.deliver(job.id, "recv", outbox / SEG_FILE, job.created, file=SEG_FILE)
+            assert not sender.deliver(
+                job.id, "recv", outbox / REPORT_FILE, job.created, file=REPORT_FILE
+            )
+        finally:
+            sender.close()
+        final = jobs.store.get(job.id)
+        states = {d.file: (d.state, d.error) for d in final.deliveries}
+        assert states[SEG_FILE] == (DELIVERED, "")
+        assert states[REPORT_FILE][0] == UNDELIVERABLE
+        assert "does not accept Comprehensive SR Storage" in states[REPORT_FILE][1]
+        assert final.state == DONE and stored == [SegmentationStorage]
+    finally:
+        server.shutdown()
