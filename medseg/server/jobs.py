@@ -110,6 +110,10 @@ class JobStore(Protocol):
 
     def delete(self, job_id: str) -> None: ...
 
+    def unreadable(self) -> list[tuple[str, str]]:
+        """(id, reason) of records that do not parse; ``jobs()`` leaves them out."""
+        ...
+
     def close(self) -> None: ...
 
 
