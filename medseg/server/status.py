@@ -58,7 +58,9 @@ def collect_status(config: ServerConfig, *, errors: int = 5) -> dict[str, Any]:
             )
             if d.state == PENDING and job.state == DELIVERING:
                 entry["waiting"] += 1
-                entry["oldest_seconds"] = max(entry.get("oldest_seconds", 0.0), now - job.updated)
+                # waiting since the SEG was written, not since the last attempt
+                waiting = now - (job.delivering_since or job.created)
+                entry["oldest_seconds"] = max(entry.get("oldest_seconds", 0.0), waiting)
                 retry = max(0.0, d.next_attempt - now)
                 entry["next_try_seconds"] = min(entry.get("next_try_seconds", retry), retry)
                 if d.error:
