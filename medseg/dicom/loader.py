@@ -22,6 +22,7 @@ from medseg.dicom.frames import FrameInfo, frame_count, frames_of
 from medseg.dicom.geometry import build_grid
 from medseg.dicom.series import choose_series, left_out
 from medseg.dicom.volume import SourceFrame, Volume
+from medseg.dicom.volumes import select_volume
 from medseg.errors import DicomInputError
 
 log = logging.getLogger(__name__)
@@ -202,8 +203,14 @@ def _drop_localizers(group: list[Header], skipped: list[SkippedFile]) -> list[He
     return kept
 
 
-def load_series(inputs: InputPaths, *, series_uid: str | None = None) -> LoadedSeries:
+def load_series(
+    inputs: InputPaths, *, series_uid: str | None = None, volume: str | None = None
+) -> LoadedSeries:
     """Load the single CT/MR series below ``inputs`` (or the one ``series_uid`` names).
+
+    A series with several images per position (magnitude and phase, ``volumes.py``) gives
+    the volume ``volume`` names (a type such as ``PHASE`` or a 1-based number), by default
+    its magnitude image.
 
     ``inputs`` is a file, a folder or a sequence of them (searched recursively, any file
     name). Files that were read but cannot be used (unreadable, not DICOM, no series UID,
@@ -222,6 +229,13 @@ def load_series(inputs: InputPaths, *, series_uid: str | None = None) -> LoadedS
             f"(first problem: {skipped[-1].reason})"
         )
     _check_same_frame_of_reference(instances)
+    frames, chosen = select_volume(frames, volume, uid)
+    if chosen is not None:
+        used = {frame.instance for frame in frames}
+        for number, instance in enumerate(instances):
+            if number not in used:
+                reason = f"another volume of the series, not {chosen.kind or chosen.number}"
+                skipped.append(SkippedFile(instance.path, reason))
     grid = build_grid(frames)
     first = frames[grid.order[0]]
     voxels = np.empty((len(grid.order), first.rows, first.cols), dtype=np.float32)
