@@ -17,7 +17,16 @@ import numpy as np
 import pydicom
 from pydicom.pixels.decoders.base import get_decoder
 
-from medseg.dicom.files import Header, InputPaths, SkippedFile, read_headers
+from medseg.dicom.files import (
+    UNREADABLE,
+    Header,
+    InputPaths,
+    SkippedFile,
+    is_decoder_panic,
+    parse_all,
+    read_headers,
+    reason_of,
+)
 from medseg.dicom.frames import FrameInfo, frame_count, frames_of
 from medseg.dicom.geometry import build_grid
 from medseg.dicom.series import choose_series, left_out
@@ -105,6 +114,7 @@ def _identity_from_file_meta(ds: pydicom.Dataset) -> None:
 def _read_instance(path: Path, forced: bool = False) -> _Instance:
     """Read and decode one file; ``ValueError``-like decoder failures propagate to the caller."""
     ds = pydicom.dcmread(path, force=forced)
+    parse_all(ds)  # elements after the pixel data were not read with the header
     if forced and "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta.TransferSyntaxUID = _raw_transfer_syntax(ds)
     if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
@@ -137,16 +147,10 @@ def _decode_series(
             instance = _read_instance(header.path, header.forced)
         except DicomInputError:
             raise
-        except (
-            OSError,
-            ValueError,
-            EOFError,
-            KeyError,
-            TypeError,
-            AttributeError,
-            NotImplementedError,
-        ) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except BaseException as exc:  # narrowed at once: UNREADABLE or a decoder's panic
+            if not (isinstance(exc, UNREADABLE) or is_decoder_panic(exc)):
+                raise
+            reason = reason_of(exc)
             log.warning("skipping %s: cannot decode pixel data: %s", header.path, reason)
             skipped.append(SkippedFile(header.path, f"cannot decode pixel data: {reason}"))
             continue
