@@ -28,8 +28,10 @@ from typing import Any, cast
 
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RQ as AssociateRequest
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from medseg.dicom.files import UNREADABLE, reason_of
 from medseg.server.commands import CheckedDimse
 
 logger = logging.getLogger(__name__)
@@ -149,6 +151,23 @@ def _close(sock: socket.socket, farewell: bytes = b"") -> None:
     except OSError:
         pass
     sock.close()
+
+
+def associate_rq_problem(data: bytes) -> str | None:
+    """Why an A-ASSOCIATE-RQ (header and body) cannot be used, or None when it decodes.
+
+    pynetdicom decodes it in the association's reactor thread; some malformed ones (an even
+    presentation context ID: found by ``benchmarks/fuzz_dicom.py``) raised there, killing
+    the thread with a traceback and no answer, others held an association slot until the
+    ACSE timeout. Decoded here first, such a request is aborted before it is an association.
+    """
+    try:
+        request = AssociateRequest()
+        request.decode(data)
+        request.to_primitive()
+    except (*UNREADABLE, AssertionError) as exc:  # pynetdicom asserts on item lengths
+        return reason_of(exc)
+    return None
 
 
 @dataclass(frozen=True)
@@ -383,6 +402,15 @@ class GuardedServer(ThreadedAssociationServer):
                 _close(sock, ABORT_INVALID)
                 return None
             body = read_exact(sock, length, deadline)
+            problem = associate_rq_problem(header + body)
+            if problem is not None:
+                logger.warning(
+                    "closed the connection from %s: an A-ASSOCIATE-RQ that does not decode: %s",
+                    peer,
+                    problem,
+                )
+                _close(sock, ABORT_INVALID)
+                return None
         except TimeoutError:
             logger.warning(
                 "closed the connection from %s: no association request within %.0f s"
