@@ -79,6 +79,7 @@ class SegmentOptions:
     prompts: tuple[Prompt, ...] = ()
     marks: tuple[Mark, ...] = ()
     series_uid: str | None = None
+    volume: str | None = None  # of a series with several (magnitude/phase): type or number
     min_component_mm3: float = 0.0
     largest_component: bool = False
     fill_holes: bool = False
@@ -639,7 +640,7 @@ def segment(
     if options.prompts or options.marks:
         check_promptable(card)
     start = time.perf_counter()
-    loaded = load_series(inputs, series_uid=options.series_uid)
+    loaded = load_series(inputs, series_uid=options.series_uid, volume=options.volume)
     volume = loaded.volume
     timings["load"] = time.perf_counter() - start
     start = time.perf_counter()

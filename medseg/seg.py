@@ -127,28 +127,58 @@ def _checked_masks(volume: Volume, masks: np.ndarray, card: ModelCard, seg_type:
     return np.moveaxis(masks, 0, -1)
 
 
-def _source_order(volume: Volume, masks: np.ndarray) -> tuple[list[pydicom.Dataset], np.ndarray]:
+def _source_order(
+    volume: Volume, masks: np.ndarray
+) -> tuple[list[pydicom.Dataset], np.ndarray, list[int] | None]:
     """Source images and mask frames in the order highdicom pairs them.
 
     Single-frame sources pair by position in ``source_images`` (the volume keeps one dataset
     per slice in volume order). A multi-frame source pairs by frame number, which need not
     follow the volume's geometric order, so the mask is permuted onto frame order.
+
+    A volume of only some of the source's frames (the magnitude image of an instance that
+    also holds the phase image at the same positions, ``dicom/volumes.py``) is paired with
+    a copy of the source that lists just those frames (highdicom refuses a source with two
+    frames at one position); the third value maps that copy's frame numbers back to the
+    source's (``_renumber_references``), None when no mapping is needed.
     """
     numbers = [f.frame_number for f in volume.frames]
     if all(n is None for n in numbers):
         if len(volume.datasets) != volume.shape[0]:
             raise OutputError("volume datasets do not match its slices: cannot reference sources")
-        return list(volume.datasets), masks
+        return list(volume.datasets), masks, None
     if len(volume.datasets) != 1 or any(n is None for n in numbers):
         raise OutputError("a SEG can reference only one multi-frame source instance")
     source = volume.datasets[0]
     total = int(source.get("NumberOfFrames", 1))
-    if sorted(numbers) != list(range(1, total + 1)):  # type: ignore[type-var]
-        raise OutputError("the volume does not cover every frame of its multi-frame source")
+    if len(set(numbers)) != len(numbers) or not all(1 <= n <= total for n in numbers):  # type: ignore[operator]
+        raise OutputError("the volume's frames are not frames of its multi-frame source")
+    kept = sorted(numbers)  # type: ignore[type-var]
     ordered = np.empty_like(masks)
     for k, number in enumerate(numbers):
-        ordered[number - 1] = masks[k]  # type: ignore[operator]
-    return [source], ordered
+        ordered[kept.index(number)] = masks[k]
+    if len(kept) == total:
+        return [source], ordered, None
+    subset = copy.deepcopy(source)  # a header only (no pixel data): cheap to copy
+    per_frame = source.get("PerFrameFunctionalGroupsSequence") or []
+    if per_frame:
+        subset.PerFrameFunctionalGroupsSequence = [per_frame[n - 1] for n in kept]  # type: ignore[operator]
+    subset.NumberOfFrames = len(kept)
+    return [subset], ordered, kept  # type: ignore[return-value]
+
+
+def _renumber_references(seg: pydicom.Dataset, source_frames: list[int]) -> None:
+    """Point the SEG's frame references at the source's own frame numbers, not the subset's."""
+    items = list(seg.get("SourceImageSequence", []))
+    for frame in seg.get("PerFrameFunctionalGroupsSequence", []):
+        for derivation in frame.get("DerivationImageSequence", []):
+            items += list(derivation.get("SourceImageSequence", []))
+    for item in items:
+        if "ReferencedFrameNumber" in item:
+            value = item.ReferencedFrameNumber
+            numbers = list(value) if isinstance(value, pydicom.multival.MultiValue) else [value]
+            mapped = [source_frames[int(n) - 1] for n in numbers]
+            item.ReferencedFrameNumber = mapped if len(mapped) > 1 else mapped[0]
 
 
 def _check_required_uids(sources: list[pydicom.Dataset]) -> None:
@@ -316,7 +346,7 @@ def build_seg(
     if not 0 < int(series_number) < 2**31:
         raise ConfigError(f"series number must be a positive integer, not {series_number}")
     pixel_array = _checked_masks(volume, masks, card, seg_type)
-    sources, pixel_array = _source_order(volume, pixel_array)
+    sources, pixel_array, source_frames = _source_order(volume, pixel_array)
     version = algorithm_version or card.version
     empty = not pixel_array.any()
     if empty:
@@ -345,6 +375,8 @@ def build_seg(
         # masks and parameters are checked above: what is left is the input series itself
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DicomInputError(f"cannot build a DICOM-SEG for this series: {reason}") from exc
+    if source_frames is not None:
+        _renumber_references(seg, source_frames)
     seg.SeriesDescription = labelled_description(series_description, card)
     return seg
 

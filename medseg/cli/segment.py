@@ -106,6 +106,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--series", metavar="UID", help="the series to use if there are several")
     parser.add_argument(
+        "--volume",
+        metavar="TYPE|N",
+        help="of a series with several images per slice (magnitude and phase, e.g. a B0 map):"
+        " the image type (MAGNITUDE, PHASE, REAL, IMAGINARY or the file's own, e.g. B0) or"
+        " its number; default: the magnitude image",
+    )
+    parser.add_argument(
         "--min-volume", type=float, default=0.0, metavar="MM3", help="drop smaller components"
     )
     parser.add_argument("--largest", action="store_true", help="keep the largest component only")
@@ -156,6 +163,7 @@ def build_options(args: argparse.Namespace):  # -> SegmentOptions (imported lazi
         prompts=prompts,
         marks=marks,
         series_uid=args.series,
+        volume=args.volume,
         min_component_mm3=args.min_volume,
         largest_component=args.largest,
         fill_holes=args.fill_holes,

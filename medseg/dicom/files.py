@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
+import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from medseg.errors import DicomInputError
 
@@ -26,6 +28,51 @@ NOT_DICOM = "not a DICOM file"
 NO_SERIES_UID = "incomplete DICOM header: no SeriesInstanceUID (file truncated?)"
 
 InputPaths = str | os.PathLike | Sequence[str | os.PathLike]
+
+# What pydicom and its pixel decoders raise on a malformed file (found by
+# benchmarks/fuzz_dicom.py): bad values and lengths (ValueError, struct.error,
+# BytesLengthException, OverflowError), an unknown VR (NotImplementedError), a broken
+# deflate stream (zlib.error), every decoder plugin failing (RuntimeError), an element whose
+# length claims more than memory holds (MemoryError: the read is allocated before the file
+# is found short), and the usual OSError/EOFError/KeyError/TypeError/AttributeError/
+# IndexError of a file cut short. Such a file is skipped with the reason, never a traceback.
+UNREADABLE = (
+    OSError,
+    ValueError,
+    EOFError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    NotImplementedError,
+    OverflowError,
+    RuntimeError,
+    MemoryError,
+    struct.error,
+    zlib.error,
+    BytesLengthException,
+)
+
+
+def is_decoder_panic(exc: BaseException) -> bool:
+    """A Rust decoder extension (pyo3, e.g. pylibjpeg-rle) panicking on bad data raises
+    ``PanicException``, a ``BaseException``: a property of the file, not of medseg."""
+    return type(exc).__name__ == "PanicException"
+
+
+def parse_all(dataset: pydicom.Dataset) -> None:
+    """Convert every element now (pydicom converts lazily, on first access), so that a
+    malformed value fails here, where the file can be skipped, not later mid-load."""
+    meta = getattr(dataset, "file_meta", None)
+    if meta is not None:
+        meta.walk(lambda ds, elem: None)
+    dataset.walk(lambda ds, elem: None)
+
+
+def reason_of(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(exc).splitlines()[0].strip() if str(exc).strip() else ""
+    return text or type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -68,13 +115,11 @@ def _read_raw_dataset(path: Path) -> pydicom.Dataset | None:
         return None
     try:
         dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError, IndexError):
-        return None
-    required = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID")
-    try:
+        parse_all(dataset)  # garbage that only looks like elements fails here
+        required = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID")
         if all(keyword in dataset and str(dataset.get(keyword, "")) for keyword in required):
             return dataset
-    except (ValueError, KeyError, TypeError):  # garbage that only looks like elements
+    except UNREADABLE:
         return None
     return None
 
@@ -138,14 +183,15 @@ def read_headers(inputs: InputPaths) -> tuple[list[Header], list[SkippedFile]]:
         forced = False
         try:
             dataset = pydicom.dcmread(path, stop_before_pixels=True)
+            parse_all(dataset)
         except InvalidDicomError:
             raw = _read_raw_dataset(path)
             if raw is None:
                 skipped.append(SkippedFile(path, NOT_DICOM))
                 continue
             dataset, forced = raw, True
-        except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError) as exc:
-            skipped.append(SkippedFile(path, f"unreadable DICOM header: {exc}"))
+        except UNREADABLE as exc:
+            skipped.append(SkippedFile(path, f"unreadable DICOM header: {reason_of(exc)}"))
             continue
         if is_dicomdir(path, dataset):
             log.debug("ignoring DICOMDIR %s", path)

@@ -34,6 +34,7 @@ class FrameInfo:
     slice_thickness: float | None
     spacing_between_slices: float | None
     window: tuple[float, float] | None
+    kind: str = ""  # what the frame shows (volumes.py): "MAGNITUDE", "M_FFE/MAGNITUDE", ...
 
 
 def _floats(value: object, count: int, what: str, path: Path) -> tuple[float, ...]:
@@ -65,6 +66,37 @@ def _window(item: pydicom.Dataset | None) -> tuple[float, float] | None:
     if center is None or width is None or width <= 0:
         return None
     return (center, width)
+
+
+FRAME_TYPE_SEQUENCES = ("MRImageFrameTypeSequence", "CTImageFrameTypeSequence")
+
+
+def _value3(value: object) -> str:
+    """Value 3 of ImageType / FrameType (the image flavour), '' when absent."""
+    values = [value] if isinstance(value, str) else list(value or [])  # type: ignore[call-overload]
+    return str(values[2]).strip().upper() if len(values) > 2 else ""
+
+
+def frame_kind(item: pydicom.Dataset | None, fallback: pydicom.Dataset | None = None) -> str:
+    """What a frame shows: its type value 3 and ComplexImageComponent, joined by '/' when
+    both are given and differ (``M_FFE/MAGNITUDE``), else whichever is given.
+
+    ``item`` is the frame's MR/CT Image Frame Type item, or a single-frame dataset;
+    ``fallback`` (the multi-frame dataset) is used when ``item`` says nothing.
+    """
+    for source in (item, fallback):
+        if source is None:
+            continue
+        flavour = _value3(source.get("FrameType", source.get("ImageType")))
+        if flavour == "MIXED":  # a multi-frame file's summary: its frames say which
+            flavour = ""
+        component = str(source.get("ComplexImageComponent", "") or "").strip().upper()
+        if component == "MIXED":
+            component = ""
+        parts = [p for p in dict.fromkeys((flavour, component)) if p]
+        if parts:
+            return "/".join(parts)
+    return ""
 
 
 def is_multiframe(ds: pydicom.Dataset) -> bool:
@@ -105,6 +137,7 @@ def classic_frames(ds: pydicom.Dataset, path: Path, instance: int) -> list[Frame
             slice_thickness=_optional_float(ds.get("SliceThickness")),
             spacing_between_slices=_optional_float(ds.get("SpacingBetweenSlices")),
             window=_window(ds),
+            kind=frame_kind(ds),
         )
     ]
 
@@ -139,6 +172,10 @@ def enhanced_frames(ds: pydicom.Dataset, path: Path, instance: int) -> list[Fram
         measures = _group_item(item, shared, "PixelMeasuresSequence")
         transform = _group_item(item, shared, "PixelValueTransformationSequence")
         voi = _group_item(item, shared, "FrameVOILUTSequence")
+        frame_type = next(
+            (f for k in FRAME_TYPE_SEQUENCES if (f := _group_item(item, shared, k)) is not None),
+            None,
+        )
         where = f"{path} frame {index + 1}"
         if position is None or "ImagePositionPatient" not in position:
             raise DicomInputError(f"{where}: no PlanePositionSequence/ImagePositionPatient")
@@ -167,6 +204,7 @@ def enhanced_frames(ds: pydicom.Dataset, path: Path, instance: int) -> list[Fram
                 slice_thickness=_optional_float(measures.get("SliceThickness")),
                 spacing_between_slices=_optional_float(measures.get("SpacingBetweenSlices")),
                 window=_window(voi) or _window(ds),
+                kind=frame_kind(frame_type, ds),
             )
         )
     return frames

@@ -17,11 +17,21 @@ import numpy as np
 import pydicom
 from pydicom.pixels.decoders.base import get_decoder
 
-from medseg.dicom.files import Header, InputPaths, SkippedFile, read_headers
+from medseg.dicom.files import (
+    UNREADABLE,
+    Header,
+    InputPaths,
+    SkippedFile,
+    is_decoder_panic,
+    parse_all,
+    read_headers,
+    reason_of,
+)
 from medseg.dicom.frames import FrameInfo, frame_count, frames_of
 from medseg.dicom.geometry import build_grid
 from medseg.dicom.series import choose_series, left_out
 from medseg.dicom.volume import SourceFrame, Volume
+from medseg.dicom.volumes import select_volume
 from medseg.errors import DicomInputError
 
 log = logging.getLogger(__name__)
@@ -104,6 +114,7 @@ def _identity_from_file_meta(ds: pydicom.Dataset) -> None:
 def _read_instance(path: Path, forced: bool = False) -> _Instance:
     """Read and decode one file; ``ValueError``-like decoder failures propagate to the caller."""
     ds = pydicom.dcmread(path, force=forced)
+    parse_all(ds)  # elements after the pixel data were not read with the header
     if forced and "TransferSyntaxUID" not in ds.file_meta:
         ds.file_meta.TransferSyntaxUID = _raw_transfer_syntax(ds)
     if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
@@ -136,16 +147,10 @@ def _decode_series(
             instance = _read_instance(header.path, header.forced)
         except DicomInputError:
             raise
-        except (
-            OSError,
-            ValueError,
-            EOFError,
-            KeyError,
-            TypeError,
-            AttributeError,
-            NotImplementedError,
-        ) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except BaseException as exc:  # narrowed at once: UNREADABLE or a decoder's panic
+            if not (isinstance(exc, UNREADABLE) or is_decoder_panic(exc)):
+                raise
+            reason = reason_of(exc)
             log.warning("skipping %s: cannot decode pixel data: %s", header.path, reason)
             skipped.append(SkippedFile(header.path, f"cannot decode pixel data: {reason}"))
             continue
@@ -202,8 +207,14 @@ def _drop_localizers(group: list[Header], skipped: list[SkippedFile]) -> list[He
     return kept
 
 
-def load_series(inputs: InputPaths, *, series_uid: str | None = None) -> LoadedSeries:
+def load_series(
+    inputs: InputPaths, *, series_uid: str | None = None, volume: str | None = None
+) -> LoadedSeries:
     """Load the single CT/MR series below ``inputs`` (or the one ``series_uid`` names).
+
+    A series with several images per position (magnitude and phase, ``volumes.py``) gives
+    the volume ``volume`` names (a type such as ``PHASE`` or a 1-based number), by default
+    its magnitude image.
 
     ``inputs`` is a file, a folder or a sequence of them (searched recursively, any file
     name). Files that were read but cannot be used (unreadable, not DICOM, no series UID,
@@ -222,6 +233,13 @@ def load_series(inputs: InputPaths, *, series_uid: str | None = None) -> LoadedS
             f"(first problem: {skipped[-1].reason})"
         )
     _check_same_frame_of_reference(instances)
+    frames, chosen = select_volume(frames, volume, uid)
+    if chosen is not None:
+        used = {frame.instance for frame in frames}
+        for number, instance in enumerate(instances):
+            if number not in used:
+                reason = f"another volume of the series, not {chosen.kind or chosen.number}"
+                skipped.append(SkippedFile(instance.path, reason))
     grid = build_grid(frames)
     first = frames[grid.order[0]]
     voxels = np.empty((len(grid.order), first.rows, first.cols), dtype=np.float32)

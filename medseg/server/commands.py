@@ -5,6 +5,11 @@ an Affected SOP Instance UID over 64 characters raises there and aborts the whol
 association (the rest of the series is lost), and an empty one makes a request pynetdicom
 drops without an answer (the sender waits out its timeout). The check here runs first and
 answers such a request with 0xC210 itself, so only that instance is refused.
+
+A command set that does not decode at all (no CommandField, a broken element: found by
+``benchmarks/fuzz_dicom.py``) made pynetdicom's state machine raise in the association's
+reactor thread, which died with a traceback and left the peer waiting; it now aborts that
+association with one warning, as pynetdicom does for a PDU it cannot decode.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from typing import Any
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 
+from medseg.dicom.files import UNREADABLE, reason_of
 from medseg.server.uids import UnsafeUidError, checked_uid
 
 logger = logging.getLogger(__name__)
@@ -46,6 +53,13 @@ class CheckedDimse(DIMSEServiceProvider):
     """pynetdicom's DIMSE provider with the command-set check in front (DUL thread)."""
 
     def receive_primitive(self, primitive: P_DATA) -> None:
+        try:
+            self._receive(primitive)
+        except UNREADABLE as exc:  # peer-made bytes: the association ends, the server goes on
+            self.message = None
+            self._abort(reason_of(exc))
+
+    def _receive(self, primitive: P_DATA) -> None:
         if self.message is None:
             self.message = DIMSEMessage()
         message = self.message
@@ -59,6 +73,29 @@ class CheckedDimse(DIMSEServiceProvider):
             return
         self.message = None
         self._refuse(message, problem)
+
+    def _abort(self, reason: str) -> None:
+        """A-ABORT (service provider) and stop the association, from its reactor thread.
+
+        The same steps pynetdicom takes for an exception in its reactor: send the A-ABORT
+        directly (the state machine is mid-action) and tell both loops to end.
+        """
+        assoc = self.assoc
+        logger.warning(
+            "aborted the association with %s at %s: undecodable DIMSE message: %s",
+            assoc.requestor.ae_title,
+            assoc.requestor.address,
+            reason,
+        )
+        abort = A_ABORT_RQ()
+        abort.source = 0x02
+        abort.reason_diagnostic = 0x00
+        with contextlib.suppress(OSError, AttributeError):
+            assoc.dul.socket.send(abort.encode())
+        assoc.is_aborted = True
+        assoc.is_established = False
+        assoc._kill = True
+        assoc.dul._kill_thread = True
 
     def _refuse(self, message: DIMSEMessage, problem: str) -> None:
         command = message.command_set

@@ -15,6 +15,7 @@ back any series folder the table lost.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ import pydicom
 from medseg.errors import DicomInputError
 from medseg.server.sopclasses import is_image_class
 from medseg.server.sqlite import PerThread, transaction
+from medseg.server.uids import is_uid
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -205,6 +209,10 @@ class SeriesTracker:
         """
         recovered = 0
         for folder in sorted(p for p in Path(incoming).glob("*/*") if p.is_dir()):
+            if not (is_uid(folder.parent.name) and is_uid(folder.name)):
+                # not written by the listener (every name it makes is a checked UID)
+                logger.warning("ignoring spool folder %s: its names are not UIDs", folder)
+                continue
             if self.get(folder.name) is not None:
                 continue
             files = sorted(folder.glob("*.dcm"))

@@ -28,8 +28,10 @@ from typing import Any, cast
 
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RQ as AssociateRequest
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from medseg.dicom.files import UNREADABLE, reason_of
 from medseg.server.commands import CheckedDimse
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,43 @@ def tls_handshake(context: ssl.SSLContext, sock: socket.socket, deadline: float)
     return tls
 
 
+# What the most common refusals mean, for the one log line each gets.
+_TLS_HINTS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client sent no certificate",
+    "CERTIFICATE_VERIFY_FAILED": "the client's certificate is not from our CA, or expired",
+    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust our certificate",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the client does not accept our certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the client does not accept our certificate",
+    "WRONG_VERSION_NUMBER": "not TLS (a client without TLS?)",
+    "HTTP_REQUEST": "not TLS (an HTTP request)",
+    "UNKNOWN_PROTOCOL": "not TLS",
+    "UNSUPPORTED_PROTOCOL": "no TLS version in common (1.2 is the minimum)",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "no TLS version in common (1.2 is the minimum)",
+    "NO_SHARED_CIPHER": "no cipher in common",
+}
+
+
+def tls_refusal(exc: BaseException) -> str:
+    """Why a handshake failed, in one line: OpenSSL's reason code and what it means.
+
+    Only the reason: never the certificate's subject or anything else the peer sent.
+    """
+    reason = getattr(exc, "reason", None) if isinstance(exc, ssl.SSLError) else None
+    if reason:
+        hint = _TLS_HINTS.get(str(reason))
+        return f"{hint} ({reason})" if hint else str(reason)
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _closed_before_a_byte(sock: socket.socket, deadline: float) -> bool:
+    """Wait for the peer's first byte; True when it closed without sending one.
+
+    Port checks and load balancers connect and close: not a refused handshake.
+    """
+    sock.settimeout(_remaining(deadline))
+    return sock.recv(1, socket.MSG_PEEK) == b""
+
+
 def _close(sock: socket.socket, farewell: bytes = b"") -> None:
     """Best-effort goodbye (an A-ABORT) and close; the peer may already be gone."""
     try:
@@ -112,6 +151,23 @@ def _close(sock: socket.socket, farewell: bytes = b"") -> None:
     except OSError:
         pass
     sock.close()
+
+
+def associate_rq_problem(data: bytes) -> str | None:
+    """Why an A-ASSOCIATE-RQ (header and body) cannot be used, or None when it decodes.
+
+    pynetdicom decodes it in the association's reactor thread; some malformed ones (an even
+    presentation context ID: found by ``benchmarks/fuzz_dicom.py``) raised there, killing
+    the thread with a traceback and no answer, others held an association slot until the
+    ACSE timeout. Decoded here first, such a request is aborted before it is an association.
+    """
+    try:
+        request = AssociateRequest()
+        request.decode(data)
+        request.to_primitive()
+    except (*UNREADABLE, AssertionError) as exc:  # pynetdicom asserts on item lengths
+        return reason_of(exc)
+    return None
 
 
 @dataclass(frozen=True)
@@ -316,7 +372,16 @@ class GuardedServer(ThreadedAssociationServer):
             # Small C-STORE responses must not wait for Nagle + delayed ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
-                sock = tls_handshake(self.ssl_context, sock, deadline)
+                if _closed_before_a_byte(sock, deadline):
+                    raise ConnectionError("closed before the TLS handshake")
+                try:
+                    sock = tls_handshake(self.ssl_context, sock, deadline)
+                except (ssl.SSLError, ConnectionError) as exc:
+                    # One line per refusal at the default level: an administrator sees a
+                    # PACS whose certificate or TLS settings are wrong without -v.
+                    logger.warning("refused a TLS handshake from %s: %s", peer, tls_refusal(exc))
+                    _close(sock)
+                    return None
             header = read_exact(sock, _HEADER.size, deadline)
             pdu_type, length = _HEADER.unpack(header)
             if pdu_type != A_ASSOCIATE_RQ:
@@ -337,6 +402,15 @@ class GuardedServer(ThreadedAssociationServer):
                 _close(sock, ABORT_INVALID)
                 return None
             body = read_exact(sock, length, deadline)
+            problem = associate_rq_problem(header + body)
+            if problem is not None:
+                logger.warning(
+                    "closed the connection from %s: an A-ASSOCIATE-RQ that does not decode: %s",
+                    peer,
+                    problem,
+                )
+                _close(sock, ABORT_INVALID)
+                return None
         except TimeoutError:
             logger.warning(
                 "closed the connection from %s: no association request within %.0f s"

@@ -10,7 +10,9 @@ duplicate message is harmless.
 States: ``queued`` -> ``running`` -> ``delivering`` (results written, waiting in the outbox
 for each destination) -> ``done``; ``failed`` keeps its error visible. A job may have several
 result files (a prompt job from a reader's marks: the SEG and the measurement report); each
-(destination, file) is one delivery with its own state, attempts and error.
+(destination, file) is one delivery with its own state, attempts and error. A job whose
+results reached none of its destinations (every one undeliverable) is ``failed``, not
+``done``.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class Job:
     updated: float = 0.0
     not_before: float = 0.0
     enqueued: float = 0.0
+    delivering_since: float = 0.0  # when the SEG was written and deliveries began to wait
     output: str = ""
     seg_uid: str = ""
     report_uid: str = ""  # the measurement report's SOP Instance UID (prompt jobs)
@@ -103,6 +106,18 @@ class Job:
     @property
     def pending(self) -> tuple[Delivery, ...]:
         return tuple(d for d in self.deliveries if d.state == PENDING)
+
+
+def settled(job: Job) -> Job:
+    """The state a delivering job's deliveries give it: still ``delivering`` while one is
+    pending; ``done`` when the SEG reached a destination; ``failed`` when it reached none
+    (each undeliverable), so a SEG that went nowhere is never counted as done."""
+    if any(d.state == PENDING for d in job.deliveries):
+        return dataclasses.replace(job, state=DELIVERING)
+    if job.deliveries and not any(d.state == DELIVERED for d in job.deliveries):
+        reasons = "; ".join(f"{d.name}: {d.error}" for d in job.deliveries)
+        return dataclasses.replace(job, state=FAILED, error=f"not delivered ({reasons})")
+    return dataclasses.replace(job, state=DONE)
 
 
 def job_id_for(series_uid: str, epoch: int) -> str:
@@ -132,6 +147,10 @@ class JobStore(Protocol):
     def jobs(self, states: tuple[str, ...] = STATES) -> list[Job]: ...
 
     def delete(self, job_id: str) -> None: ...
+
+    def unreadable(self) -> list[tuple[str, str]]:
+        """(id, reason) of records that do not parse; ``jobs()`` leaves them out."""
+        ...
 
     def close(self) -> None: ...
 
@@ -205,7 +224,9 @@ class JobBook:
         def change(job: Job) -> Job | None:
             if job.state != RUNNING or job.owner != owner:
                 return None
-            updated = dataclasses.replace(job, **result, owner="", lease_until=0.0, error="")
+            updated = dataclasses.replace(
+                job, **result, owner="", lease_until=0.0, error="", delivering_since=time.time()
+            )
             return dataclasses.replace(updated, state=DELIVERING if updated.pending else DONE)
 
         return self._update(job_id, change)
@@ -261,8 +282,7 @@ class JobBook:
             if new is None:
                 return None
             deliveries = tuple(new if d is found else d for d in job.deliveries)
-            state = DELIVERING if any(d.state == PENDING for d in deliveries) else DONE
-            return dataclasses.replace(job, deliveries=deliveries, state=state)
+            return settled(dataclasses.replace(job, deliveries=deliveries))
 
         return self._update(job_id, job_change)
 

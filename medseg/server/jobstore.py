@@ -10,11 +10,48 @@ Both keep the whole record as JSON with the version beside it, so the life-cycle
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from medseg.errors import ConfigError
 from medseg.server.jobs import STATES, Job
 from medseg.server.sqlite import PerThread, transaction
+
+logger = logging.getLogger(__name__)
+
+# What a record that does not parse raises: bad JSON, a missing or unknown field (a record
+# written by another medseg version), a value of the wrong type.
+UNREADABLE = (ValueError, TypeError, KeyError, AttributeError)
+
+
+def parse_records(rows: Iterable[tuple[str, str | bytes]], warned: set[str]) -> list[Job]:
+    """The records that parse; each one that does not is logged once and left out.
+
+    One unreadable record must not hide every other job from the sweep, the sender and
+    ``medseg status`` (``unreadable()`` lists them).
+    """
+    jobs: list[Job] = []
+    for job_id, body in rows:
+        try:
+            jobs.append(Job.from_json(body))
+        except UNREADABLE as exc:
+            if job_id not in warned:
+                warned.add(job_id)
+                logger.error("job record %s is unreadable, left out: %s", job_id, exc)
+    return jobs
+
+
+def unreadable_records(rows: Iterable[tuple[str, str | bytes]]) -> list[tuple[str, str]]:
+    """(job id, reason) of every record that does not parse."""
+    found: list[tuple[str, str]] = []
+    for job_id, body in rows:
+        try:
+            Job.from_json(body)
+        except UNREADABLE as exc:
+            found.append((job_id, " ".join(str(exc).split()) or type(exc).__name__))
+    return found
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -35,6 +72,7 @@ class SqliteJobStore:
         self.database = Path(database)
         self._conn = PerThread(self.database)
         self._conn().executescript(_SCHEMA)
+        self._warned: set[str] = set()
 
     def add(self, job: Job) -> bool:
         with transaction(self._conn()) as conn:
@@ -61,9 +99,13 @@ class SqliteJobStore:
     def jobs(self, states: tuple[str, ...] = STATES) -> list[Job]:
         marks = ",".join("?" * len(states))
         rows = self._conn().execute(
-            f"SELECT body FROM jobs WHERE state IN ({marks}) ORDER BY updated", states
+            f"SELECT id, body FROM jobs WHERE state IN ({marks}) ORDER BY updated", states
         )
-        return [Job.from_json(row[0]) for row in rows]
+        return parse_records(((row[0], row[1]) for row in rows), self._warned)
+
+    def unreadable(self) -> list[tuple[str, str]]:
+        rows = self._conn().execute("SELECT id, body FROM jobs ORDER BY updated")
+        return unreadable_records((row[0], row[1]) for row in rows)
 
     def delete(self, job_id: str) -> None:
         with transaction(self._conn()) as conn:
@@ -85,6 +127,7 @@ class RedisJobStore:
         self.client = redis.Redis.from_url(url)
         self.prefix = f"medseg:{name}:"
         self.ids_key = self.prefix + "jobs"
+        self._warned: set[str] = set()
 
     def _key(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"
@@ -115,11 +158,17 @@ class RedisJobStore:
             except self._redis.WatchError:
                 return False
 
-    def jobs(self, states: tuple[str, ...] = STATES) -> list[Job]:
+    def _bodies(self) -> list[tuple[str, bytes]]:
         ids = sorted(i.decode() for i in self.client.smembers(self.ids_key))
         bodies = self.client.mget([self._key(i) for i in ids]) if ids else []
-        found = [Job.from_json(b) for b in bodies if b]
+        return [(i, b) for i, b in zip(ids, bodies, strict=True) if b]
+
+    def jobs(self, states: tuple[str, ...] = STATES) -> list[Job]:
+        found = parse_records(self._bodies(), self._warned)
         return sorted((j for j in found if j.state in states), key=lambda j: j.updated)
+
+    def unreadable(self) -> list[tuple[str, str]]:
+        return unreadable_records(self._bodies())
 
     def delete(self, job_id: str) -> None:
         self.client.delete(self._key(job_id))

@@ -2,7 +2,10 @@
 
 One ``Service`` owns the spool, the job book, the huey queue and consumer, the sender and,
 when it listens, the listener and the series tracker. A housekeeping thread completes idle
-series, sweeps stale jobs back onto the queue, starts due deliveries and applies retention.
+series, sweeps stale jobs back onto the queue, starts due deliveries and applies retention;
+each of those steps, and each series or job inside one, fails on its own: a full disk or
+one bad record is reported (``health.py``, shown by ``medseg status``) and retried at the
+next round while the others go on.
 SIGTERM stops the listener first, then lets running jobs finish for
 ``queue.shutdown_timeout_seconds`` and gives back those still running.
 """
@@ -13,12 +16,14 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 from medseg.errors import MedsegError
 from medseg.server.completion import HELD, SUBMITTED, UNMATCHED, SeriesInfo, SeriesTracker
 from medseg.server.config import CALLER, ServerConfig
+from medseg.server.health import Health
 from medseg.server.jobs import DONE, FAILED, Delivery, Job, JobBook, JobStore, job_id_for
 from medseg.server.jobstore import RedisJobStore, SqliteJobStore
 from medseg.server.listener import start_listener
@@ -137,6 +142,7 @@ class Service:
             tls_context=client_context(tls),
         )
         self._server_ssl = server_context(tls) if tls.enabled else None
+        self.health = Health.in_spool(self.spool.root, "serve" if listen else "worker")
         self.server = None
         self.consumer = None
         self._housekeeper: threading.Thread | None = None
@@ -154,8 +160,18 @@ class Service:
         stale = self.book.stale(all_queued=all_queued)
         for job in stale:
             logger.info("job %s: re-enqueued (%s)", job.id, job.state)
-            self.enqueue(job.id)
+            self._item(f"job {job.id}", lambda job=job: self.enqueue(job.id))
         return len(stale)
+
+    def _item(self, what: str, action: Callable[[], object]) -> bool:
+        """Run one item of a step; a failure is reported and the step goes on."""
+        try:
+            action()
+        except Exception as exc:  # one bad item must not stop the others; reported
+            self.health.failed(what, exc)
+            return False
+        self.health.ok(what)
+        return True
 
     # -- series completion ---------------------------------------------------------------
     def complete_series(self) -> list[Job]:
@@ -164,58 +180,66 @@ class Service:
             return []
         created: list[Job] = []
         for series in self.tracker.due(self.config.completion.series_idle_seconds):
-            files = self.spool.series_files(series.study_uid, series.series_uid)
-            rule = route(self.config.rules, series, len(files))
-            if rule is None:
-                if self.tracker.close_epoch(series, UNMATCHED):
-                    logger.info(
-                        "series %s (%s, %d instances): %s; kept, not processed",
-                        series.series_uid,
-                        series.modality,
-                        len(files),
-                        "no rule matches" if series.is_image else "not an image series",
-                    )
-                continue
-            if not rule.automatic:
-                if self.tracker.close_epoch(series, HELD):
-                    logger.info(
-                        "series %s (%d instances): rule %s runs no automatic job; kept for marks",
-                        series.series_uid,
-                        len(files),
-                        rule.name,
-                    )
-                continue
-            job = Job(
-                id=job_id_for(series.series_uid, series.epoch + 1),
-                series_uid=series.series_uid,
-                study_uid=series.study_uid,
-                rule=rule.name,
-                model=rule.model,
-                window=rule.window,
-                threshold=rule.threshold,
-                prompts=rule.prompts,
-                output_folder=rule.output_folder,
-                deliveries=deliveries_for(self.config, rule.destinations, series),
+            self._item(
+                f"series {series.series_uid}", lambda series=series: self._complete(series, created)
             )
-            self.book.create(job)
-            if self.tracker.close_epoch(series, SUBMITTED, job.id):
-                logger.info(
-                    "series %s of study %s complete (%d instances): job %s, rule %s",
-                    series.series_uid,
-                    series.study_uid,
-                    len(files),
-                    job.id,
-                    rule.name,
-                )
-                self.enqueue(job.id)
-                created.append(job)
-            else:
-                self.store.delete(job.id)  # reopened meanwhile: it completes again later
         return created
 
     def resolve_marks(self) -> list[Job]:
         """Turn waiting mark objects whose series are complete into prompt jobs."""
         return self.mark_jobs.resolve() if self.mark_jobs is not None else []
+
+    def _complete(self, series: SeriesInfo, created: list[Job]) -> None:
+        """Turn one idle series into a job (appended to ``created``), or mark it unmatched."""
+        if self.tracker is None:  # pragma: no cover - only called with a tracker
+            return
+        files = self.spool.series_files(series.study_uid, series.series_uid)
+        rule = route(self.config.rules, series, len(files))
+        if rule is None:
+            if self.tracker.close_epoch(series, UNMATCHED):
+                logger.info(
+                    "series %s (%s, %d instances): %s; kept, not processed",
+                    series.series_uid,
+                    series.modality,
+                    len(files),
+                    "no rule matches" if series.is_image else "not an image series",
+                )
+            return
+        if not rule.automatic:
+            if self.tracker.close_epoch(series, HELD):
+                logger.info(
+                    "series %s (%d instances): rule %s runs no automatic job; kept for marks",
+                    series.series_uid,
+                    len(files),
+                    rule.name,
+                )
+            return
+        job = Job(
+            id=job_id_for(series.series_uid, series.epoch + 1),
+            series_uid=series.series_uid,
+            study_uid=series.study_uid,
+            rule=rule.name,
+            model=rule.model,
+            window=rule.window,
+            threshold=rule.threshold,
+            prompts=rule.prompts,
+            output_folder=rule.output_folder,
+            deliveries=deliveries_for(self.config, rule.destinations, series),
+        )
+        self.book.create(job)
+        if self.tracker.close_epoch(series, SUBMITTED, job.id):
+            logger.info(
+                "series %s of study %s complete (%d instances): job %s, rule %s",
+                series.series_uid,
+                series.study_uid,
+                len(files),
+                job.id,
+                rule.name,
+            )
+            self.enqueue(job.id)
+            created.append(job)
+        else:
+            self.store.delete(job.id)  # reopened meanwhile: it completes again later
 
     # -- retention -----------------------------------------------------------------------
     def apply_retention(self, now: float | None = None) -> int:
@@ -228,17 +252,26 @@ class Service:
         removed = 0
         for job in self.store.jobs((DONE, FAILED)):
             if job.updated < cutoff:
-                self.spool.remove_job(job.id)
-                self.store.delete(job.id)
-                removed += 1
+                removed += self._item(f"job {job.id}", lambda job=job: self._forget_job(job.id))
         if self.tracker is not None:
             for series in self.tracker.expired(cutoff):
-                self.spool.remove_series(series.study_uid, series.series_uid)
-                self.tracker.forget(series.series_uid)
-                removed += 1
+                removed += self._item(
+                    f"series {series.series_uid}", lambda series=series: self._forget(series)
+                )
         if self.inbox is not None:
-            removed += self.inbox.forget_before(cutoff)
+            inbox, forgotten = self.inbox, []
+            self._item("marks retention", lambda: forgotten.append(inbox.forget_before(cutoff)))
+            removed += sum(forgotten)
         return removed
+
+    def _forget_job(self, job_id: str) -> None:
+        self.spool.remove_job(job_id)
+        self.store.delete(job_id)
+
+    def _forget(self, series: SeriesInfo) -> None:
+        if self.tracker is not None:
+            self.spool.remove_series(series.study_uid, series.series_uid)
+            self.tracker.forget(series.series_uid)
 
     # -- life cycle ----------------------------------------------------------------------
     def _housekeeping(self) -> None:
@@ -252,18 +285,23 @@ class Service:
             self._wake.clear()
 
     def tick(self, now: float | None = None) -> None:
-        """One round of housekeeping (also callable directly, e.g. from tests)."""
+        """One round of housekeeping (also callable directly, e.g. from tests).
+
+        Every step runs whatever the one before did: a full disk under the series table
+        must not stop deliveries, and a step that fails is tried again next round.
+        """
         now = time.time() if now is None else now
         if self.tracker is not None:
-            self.complete_series()
-        self.resolve_marks()
+            self._item("series completion", self.complete_series)
+        self._item("marks", self.resolve_marks)
         if now - self._last_sweep >= self.config.queue.sweep_interval_seconds:
             self._last_sweep = now
-            self.sweep()
-        self.sender.run_once()
+            self._item("sweep", self.sweep)
+        self._item("deliveries", self.sender.run_once)
         if now - self._last_retention >= RETENTION_CHECK_SECONDS:
             self._last_retention = now
-            self.apply_retention(now)
+            self._item("retention", lambda: self.apply_retention(now))
+        self.health.save()
 
     # -- models --------------------------------------------------------------------------
     def check_models(self) -> list[Path]:
@@ -322,6 +360,7 @@ class Service:
     def start(self) -> None:
         if not self._models_checked:
             self.check_models()
+        self.health.start()
         if self.tracker is not None:
             recovered = self.tracker.recover(self.spool.incoming)
             if recovered:
@@ -334,7 +373,7 @@ class Service:
                 ssl_context=self._server_ssl,
                 marks=self.inbox,
             )
-        self.sweep(all_queued=True)
+        self._item("sweep", lambda: self.sweep(all_queued=True))
         self._last_sweep = time.time()
         if self.workers > 0:
             self.consumer = self.queue.consumer(
@@ -377,6 +416,7 @@ class Service:
         self.sender.close()
         if hasattr(self._segmenter, "close"):
             self._segmenter.close()
+        self.health.stop()
         logger.info("medseg stopped")
 
     def run_forever(self) -> None:

@@ -4,12 +4,14 @@ per-destination delivery backlog, series by state. Read-only; works while the se
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any
 
 from medseg.errors import ConfigError
 from medseg.server.completion import SeriesTracker
 from medseg.server.config import ServerConfig
+from medseg.server.health import read_reports
 from medseg.server.jobs import (
     DELIVERED,
     DELIVERING,
@@ -41,6 +43,7 @@ def collect_status(config: ServerConfig, *, errors: int = 5) -> dict[str, Any]:
     store = open_store(config, spool)
     try:
         jobs = store.jobs()
+        unreadable = store.unreadable()
     finally:
         store.close()
     now = time.time()
@@ -56,7 +59,9 @@ def collect_status(config: ServerConfig, *, errors: int = 5) -> dict[str, Any]:
             )
             if d.state == PENDING and job.state == DELIVERING:
                 entry["waiting"] += 1
-                entry["oldest_seconds"] = max(entry.get("oldest_seconds", 0.0), now - job.updated)
+                # waiting since the SEG was written, not since the last attempt
+                waiting = now - (job.delivering_since or job.created)
+                entry["oldest_seconds"] = max(entry.get("oldest_seconds", 0.0), waiting)
                 retry = max(0.0, d.next_attempt - now)
                 entry["next_try_seconds"] = min(entry.get("next_try_seconds", retry), retry)
                 if d.error:
@@ -113,7 +118,24 @@ def collect_status(config: ServerConfig, *, errors: int = 5) -> dict[str, Any]:
         "delivery_errors": delivery_errors[:errors],
         "failed": sum(1 for j in jobs if j.state == FAILED),
         "marks": mark_status(spool.database, errors),
+        "unreadable_jobs": [{"job": job_id, "error": reason} for job_id, reason in unreadable],
+        "housekeeping": [_report(r, now) for r in read_reports(spool.root)],
+        "disk": _disk(spool.root, config.storage.min_free_mb),
     }
+
+
+def _report(report: dict[str, Any], now: float) -> dict[str, Any]:
+    """A process's health report with its age (how long since it last wrote one)."""
+    return {**report, "age_seconds": max(0.0, now - float(report.get("time", now)))}
+
+
+def _disk(root: Any, reserve_mb: float) -> dict[str, Any]:
+    """Free space where the spool (and the embedded job database) lives."""
+    try:
+        free_mb = shutil.disk_usage(root).free / 2**20
+    except OSError as exc:
+        return {"error": str(exc), "reserve_mb": reserve_mb, "low": True}
+    return {"free_mb": round(free_mb, 1), "reserve_mb": reserve_mb, "low": free_mb < reserve_mb}
 
 
 def _ago(seconds: float) -> str:
@@ -129,6 +151,25 @@ def _clock(stamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
 
 
+def _health_lines(report: dict[str, Any]) -> list[str]:
+    """One line per process that reports, then one per problem it has."""
+    who = f"{report.get('role', '?')} (pid {report.get('pid', '?')} on {report.get('host', '?')})"
+    problems = report.get("problems", [])
+    if report.get("running") is False:
+        state = "NOT RUNNING (its last report follows)" if problems else "not running"
+    else:
+        state = f"{len(problems)} PROBLEM(S)" if problems else "ok"
+    lines = [f"health       {who}: {state}, reported {_ago(report['age_seconds'])} ago"]
+    for p in problems:
+        lines.append(
+            f"  {p['what']}: failing since {_clock(p['since'])} ({p['count']} time(s), "
+            f"last {_clock(p['last'])}): {p['error']}"
+        )
+    if report.get("more_problems"):
+        lines.append(f"  ... and {report['more_problems']} more (see the log)")
+    return lines
+
+
 def format_status(status: dict[str, Any]) -> str:
     """The snapshot as short labelled lines for a terminal: the states that matter first."""
     jobs = status["jobs"]
@@ -140,6 +181,22 @@ def format_status(status: dict[str, Any]) -> str:
         "jobs         " + ", ".join(f"{k} {v}" for k, v in jobs.items()),
         "series       " + (", ".join(f"{k} {v}" for k, v in status["series"].items()) or "none"),
     ]
+    disk = status.get("disk")
+    if disk:
+        if "error" in disk:
+            lines.append(f"disk         spool not usable: {disk['error']}")
+        else:
+            low = "  LOW: below the reserve, instances are refused" if disk["low"] else ""
+            lines.append(
+                f"disk         {disk['free_mb']:.0f} MiB free (reserve {disk['reserve_mb']:g} MiB)"
+                + low
+            )
+    for report in status.get("housekeeping", []):
+        lines += _health_lines(report)
+    unreadable = status.get("unreadable_jobs", [])
+    if unreadable:
+        lines.append(f"records      {len(unreadable)} unreadable job record(s), left out:")
+        lines += [f"  job {u['job']}: {u['error']}" for u in unreadable[:5]]
     destinations = status.get("destinations", [])
     if not destinations:
         lines.append("delivery     no destinations used yet")

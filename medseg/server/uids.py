@@ -24,3 +24,8 @@ def checked_uid(value: object, what: str) -> str:
         shown = text if len(text) <= 70 else text[:67] + "..."
         raise UnsafeUidError(f"{what} {shown!r} is not a valid DICOM UID")
     return text
+
+
+def is_uid(text: str) -> bool:
+    """Whether ``text`` is exactly a UID (no stripping): digits and dots, 1-64 characters."""
+    return 0 < len(text) <= 64 and bool(_UID.match(text))

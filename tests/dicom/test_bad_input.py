@@ -258,3 +258,17 @@ def test_other_modality_in_the_chosen_series_is_listed(tmp_path: Path) -> None:
     assert [(s.path.name, s.reason) for s in loaded.skipped] == [
         ("other.dcm", "not a CT or MR image: modality OT")
     ]
+
+
+def test_a_file_with_an_unknown_vr_is_skipped_not_a_traceback(tmp_path: Path) -> None:
+    """Found by benchmarks/fuzz_dicom.py: pydicom converts elements lazily, so a VR it does
+    not know raised NotImplementedError in the middle of loading, outside every check."""
+    written = write_series(tmp_path / "ct", _values((3, 4, 4)))
+    data = written.paths[1].read_bytes()
+    element = b"\x02\x00\x00\x00UL\x04\x00"  # (0002,0000) File Meta Information Group Length
+    assert element in data
+    written.paths[1].write_bytes(data.replace(element, b"\x02\x00\x00\x00U#\x04\x00", 1))
+    loaded = load_series(tmp_path / "ct")
+    assert loaded.volume.shape[0] == 2
+    (skipped,) = loaded.skipped
+    assert skipped.path == written.paths[1] and "unreadable DICOM header" in skipped.reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import ipaddress
+import logging
 import socket
 import ssl
 import subprocess
@@ -28,7 +29,7 @@ from medseg.server.listener import start_listener
 from medseg.server.sender import send_file
 from medseg.server.spool import Spool
 from medseg.server.tls import client_context, server_context
-from tests.server.peers import DCMTK_ENV, STORESCU, write_ct
+from tests.server.peers import DCMTK_ENV, STORESCU, wait_until, write_ct
 
 
 def _name(common: str) -> x509.Name:
@@ -194,3 +195,48 @@ def test_sender_delivers_over_tls(
     ds = pydicom.dcmread(seg)
     stored = spool.series_files(ds.StudyInstanceUID, ds.SeriesInstanceUID)
     assert [p.stem for p in stored] == [ds.SOPInstanceUID]
+
+
+def _warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.levelno >= logging.WARNING and r.name.startswith("medseg") and text in r.getMessage()
+    ]
+
+
+def test_each_refused_tls_handshake_logs_one_warning(
+    pki: Path, tls_listener: tuple[int, Spool], caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """Issue 23 item 10: a refused handshake logged nothing at the default level (WARNING).
+
+    Three refusals, each a real client over 127.0.0.1: no client certificate, plain DICOM
+    on the TLS port, a client that does not trust our certificate (it aborts). One line
+    each, naming the address and the TLS reason, and nothing from the certificates.
+    """
+    caplog.set_level(logging.WARNING, logger="medseg")
+    port, _ = tls_listener
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    _issue(stranger, "ca", "another CA", None, None, ca=True)
+    untrusting = client_context(
+        TlsConfig(
+            certificate=str(pki / "client.pem"),
+            private_key=str(pki / "client.key"),
+            ca_certificates=str(stranger / "ca.pem"),
+        )
+    )
+    for number, context in enumerate((_client(pki, with_cert=False), None, untrusting), 1):
+        assert not _echo(port, context)
+        wait_until(
+            lambda n=number: len(_warnings_about(caplog, "refused a TLS handshake")) >= n,
+            10,
+            f"refusal {number} logged",
+        )
+    refusals = _warnings_about(caplog, "refused a TLS handshake")
+    assert len(refusals) == 3, [r.getMessage() for r in refusals]
+    for record in refusals:
+        message = record.getMessage()
+        assert "127.0.0.1:" in message and "\n" not in message
+        assert "pacs" not in message and "medseg test CA" not in message
+    assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in refusals[0].getMessage().upper().replace(" ", "_")
