@@ -192,9 +192,12 @@ def referenced_series_studies(ds: pydicom.Dataset) -> dict[str, str]:
     for item, study in items:
         try:
             series = checked_uid(item.get("SeriesInstanceUID"), "SeriesInstanceUID")
-            found.setdefault(series, checked_uid(study, "StudyInstanceUID"))
         except UnsafeUidError:
             continue
+        try:  # a bad study UID loses only the retrieval's study key, not the series
+            found.setdefault(series, checked_uid(study, "StudyInstanceUID"))
+        except UnsafeUidError:
+            found.setdefault(series, "")
     return found
 
 
@@ -418,7 +421,7 @@ class MarkJobs:
         for uid in missing:
             item = book.get(uid)
             if item is None or (item.state == RETRIEVAL_FAILED and item.updated < record.received):
-                item = book.request(studies.get(uid, record.study_uid), uid, now)
+                item = book.request(studies.get(uid) or record.study_uid, uid, now)
                 logger.info(
                     "mark object %s: series %s is not here; retrieving it from %s",
                     record.sop_uid,
