@@ -43,7 +43,7 @@ from medseg.preprocess import (
     renormalise_channels,
     resolve_window,
 )
-from medseg.prompts import Prompt
+from medseg.prompts import Prompt, Tracking, lesion_prompts
 from medseg.propagate import Propagation, SliceRunner, propagate_lesions
 from medseg.refine import Refinement, continue_across_slices, redraw_rims, refine_probabilities
 from medseg.tiling import Tile, TileBlender, crop_padded, slice_regions, tile_extent
@@ -554,20 +554,23 @@ def fractional_masks(result: VolumeResult) -> np.ndarray:
 
 def _seg_segments(
     result: VolumeResult, card: ModelCard, options: SegmentOptions
-) -> tuple[ModelCard, np.ndarray]:
+) -> tuple[ModelCard, np.ndarray, tuple[Tracking | None, ...]]:
     """The SEG's segments: the card's one for automatic segmentation; for prompts, one
-    segment per prompted lesion found ("Lesion 1", "Lesion 2", ... in prompt order)."""
+    segment per prompted lesion found ("Lesion 1", "Lesion 2", ... in prompt order), each
+    with the tracking identifiers of the mark that prompted it, where it had some."""
     frac = options.seg_type == "FRACTIONAL"
     values = fractional_masks(result) if frac else result.mask
     if result.lesions is None or not result.lesions.any():
-        return card, values[None]
+        return card, values[None], ()
     spec = card.segments[0]
     numbers = [int(n) for n in np.unique(result.lesions) if n]
     segments = tuple(replace(spec, label=f"{spec.label} {n}") for n in numbers)
     masks = np.stack(
         [np.where(result.lesions == n, values, 0).astype(values.dtype) for n in numbers]
     )
-    return replace(card, segments=segments), masks
+    starts = lesion_prompts(result.prompts)
+    tracking = tuple(starts[n - 1].tracking if n <= len(starts) else None for n in numbers)
+    return replace(card, segments=segments), masks, tracking
 
 
 def binary_segments(result: VolumeResult) -> np.ndarray:
@@ -653,7 +656,7 @@ def segment(
         )
         timings.update(result.timings)
         start = time.perf_counter()
-        seg_card, masks = _seg_segments(result, card, options)
+        seg_card, masks, tracking = _seg_segments(result, card, options)
         dataset = write_seg(
             volume,
             masks,
@@ -663,6 +666,7 @@ def segment(
             series_number=options.series_number,
             series_description=options.series_description,
             semiautomatic=result.lesions is not None,
+            tracking=tracking,
         )
         if options.report is not None:
             _write_report(volume, dataset, result, card, output, options)

@@ -41,6 +41,27 @@ _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _RANGE = re.compile(rf"^\s*({_NUM})\s*(?::|(?<=[\d.])-)\s*({_NUM})\s*$")
 
 
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+@dataclass(frozen=True)
+class Tracking:
+    """A finding's TID 1500 Tracking Identifier and Tracking Unique Identifier, carried from
+    a reader's mark to the SEG segment of the lesion it prompted (and so into the report),
+    so that the reader's finding and medseg's segment are one finding across documents.
+
+    ``identifier`` is cut to 64 characters (VR LO); ``uid`` must be a UID (VR UI) or empty.
+    """
+
+    identifier: str = ""
+    uid: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "identifier", self.identifier.strip()[:64])
+        if self.uid and (len(self.uid) > 64 or not _UID.fullmatch(self.uid)):
+            raise PromptError("a tracking UID must be digits and dots, at most 64 characters")
+
+
 @dataclass(frozen=True)
 class BoxPrompt:
     """An in-plane box on one slice or a slice range.
@@ -58,6 +79,7 @@ class BoxPrompt:
     z1: float | None = None
     space: Space = "index"
     slices: SliceBy = "index"
+    tracking: Tracking | None = None  # the reader's finding this box marks
 
     def __post_init__(self) -> None:
         values = [self.x0, self.y0, self.x1, self.y1]
@@ -82,6 +104,7 @@ class PointPrompt:
     positive: bool = True
     space: Space = "index"
     slices: SliceBy = "index"
+    tracking: Tracking | None = None  # the reader's finding this point marks
 
     def __post_init__(self) -> None:
         if not all(np.isfinite([self.x, self.y, self.z])):
@@ -91,6 +114,12 @@ class PointPrompt:
 
 
 Prompt = BoxPrompt | PointPrompt
+
+
+def lesion_prompts(prompts: tuple[Prompt, ...] | list[Prompt]) -> list[Prompt]:
+    """The prompts that each start a lesion (boxes, positive points), in order: lesion n of
+    a prompted result is the n-th of them (``medseg.propagate`` numbers lesions so)."""
+    return [p for p in prompts if isinstance(p, BoxPrompt) or p.positive]
 
 
 def _numbers(text: str, count: int, what: str) -> list[float]:

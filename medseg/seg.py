@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -25,6 +26,7 @@ from medseg.dicom.volume import Volume
 from medseg.durable import write_with
 from medseg.errors import ConfigError, DicomInputError, OutputError
 from medseg.modelcard import Code, ModelCard
+from medseg.prompts import Tracking
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +78,17 @@ def _concept(code: Code) -> hd.sr.CodedConcept:
 
 
 def _segment_descriptions(
-    card: ModelCard, version: str, family: Code, semiautomatic: bool = False
+    card: ModelCard,
+    version: str,
+    family: Code,
+    semiautomatic: bool = False,
+    tracking: Sequence[Tracking | None] = (),
 ) -> list[hd.seg.SegmentDescription]:
     """One description per card segment. ``semiautomatic``: the segments are lesions a
-    reader prompted (SEMIAUTOMATIC), each tracked by its own label."""
+    reader prompted (SEMIAUTOMATIC), each tracked by its own label, or by the reader's
+    finding (``tracking``, one per segment or none) where their mark named one."""
     kind = hd.seg.SegmentAlgorithmTypeValues
+    found = list(tracking) + [None] * (len(card.segments) - len(tracking))
     algorithm_type = kind.SEMIAUTOMATIC if semiautomatic else kind.AUTOMATIC
     algorithm = hd.AlgorithmIdentificationSequence(
         name=card.name[:64], family=_concept(family), version=version[:64]
@@ -93,10 +101,13 @@ def _segment_descriptions(
             segmented_property_type=_concept(spec.type),
             algorithm_type=algorithm_type,
             algorithm_identification=algorithm,
-            tracking_uid=hd.UID(),
-            tracking_id=(spec.label if semiautomatic else f"{card.name} segment {number}")[:64],
+            tracking_uid=(track and track.uid) or hd.UID(),
+            tracking_id=(
+                (track and track.identifier)
+                or (spec.label if semiautomatic else f"{card.name} segment {number}")
+            )[:64],
         )
-        for number, spec in enumerate(card.segments, start=1)
+        for number, (spec, track) in enumerate(zip(card.segments, found, strict=True), start=1)
     ]
 
 
@@ -334,12 +345,16 @@ def build_seg(
     algorithm_family: Code = ARTIFICIAL_INTELLIGENCE,
     warn_blanked: bool = True,
     semiautomatic: bool = False,
+    tracking: Sequence[Tracking | None] = (),
 ) -> pydicom.Dataset:
     """The SEG dataset for ``masks`` (segments, slices, rows, cols) on ``volume``, unwritten.
 
     ``warn_blanked=False`` logs source values written empty at DEBUG instead of WARNING
-    (for a dry run whose SEG is discarded).
+    (for a dry run whose SEG is discarded). ``tracking``: per segment, the reader's finding
+    it carries (its TrackingID / TrackingUID), or None for medseg's own.
     """
+    if len(tracking) > len(card.segments):
+        raise ConfigError(f"{len(tracking)} tracking entries for {len(card.segments)} segment(s)")
     seg_type = str(seg_type).upper()
     if seg_type not in SEG_TYPES:
         raise ConfigError(f"SEG type must be one of {', '.join(SEG_TYPES)}, not {seg_type!r}")
@@ -368,6 +383,7 @@ def build_seg(
                 empty,
                 series_number,
                 semiautomatic,
+                tracking,
             )
     except KeyError as exc:
         _raise_unsupported_sop_class(exc, sources)
@@ -458,12 +474,14 @@ def _segmentation(
     empty: bool,
     series_number: int,
     semiautomatic: bool = False,
+    tracking: Sequence[Tracking | None] = (),
 ) -> hd.seg.Segmentation:
+    descriptions = _segment_descriptions(card, version, algorithm_family, semiautomatic, tracking)
     return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=pixel_array,
         segmentation_type=seg_type,
-        segment_descriptions=_segment_descriptions(card, version, algorithm_family, semiautomatic),
+        segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),
         series_number=int(series_number),
         sop_instance_uid=hd.UID(),
@@ -508,12 +526,13 @@ def write_seg(
     algorithm_version: str | None = None,
     algorithm_family: Code = ARTIFICIAL_INTELLIGENCE,
     semiautomatic: bool = False,
+    tracking: Sequence[Tracking | None] = (),
 ) -> pydicom.Dataset:
     """Build the SEG for ``masks`` on ``volume`` and write it atomically to ``path``.
 
     ``masks`` is (segments, slices, rows, cols): bool for BINARY, float in [0, 1] for
     FRACTIONAL; one segment per ``card.segments`` entry (a 3-D mask is accepted for a
-    one-segment card). Returns the written dataset.
+    one-segment card); ``tracking`` as for ``build_seg``. Returns the written dataset.
     """
     seg = build_seg(
         volume,
@@ -525,6 +544,7 @@ def write_seg(
         algorithm_version=algorithm_version,
         algorithm_family=algorithm_family,
         semiautomatic=semiautomatic,
+        tracking=tracking,
     )
     save_atomically(seg, Path(path))
     log.info(

@@ -211,6 +211,52 @@ class MarksConfig:
         _require(self.wait_seconds > 0, "wait_seconds", "must be positive")
 
 
+RETRIEVE_METHODS = ("", "move", "get")
+
+
+@dataclass(frozen=True)
+class RetrieveConfig:
+    """The PACS a series is retrieved from when a mark references one medseg does not hold
+    (its Query/Retrieve SCP), and how: ``method`` "" (never: the mark waits
+    ``[marks] wait_seconds`` for the series to be sent), "move" (C-MOVE with medseg's own AE
+    title as the move destination: the PACS must know that AE title with medseg's host and
+    port) or "get" (C-GET: the instances come back on medseg's own association).
+
+    A failed attempt is tried again after ``initial_backoff_seconds``, doubling up to
+    ``max_backoff_seconds``, at most ``max_tries`` times in all; ``timeout_seconds`` bounds
+    each wait for the PACS (connecting, each answer).
+    """
+
+    method: str = ""
+    ae_title: str = ""
+    host: str = ""
+    port: int = 0
+    tls: bool = False
+    max_tries: int = 5
+    initial_backoff_seconds: float = 10.0
+    max_backoff_seconds: float = 300.0
+    timeout_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        _require(
+            self.method in RETRIEVE_METHODS,
+            "method",
+            f"must be 'move', 'get' or '' (no retrieval), got {self.method!r}",
+        )
+        if self.method:
+            check_ae_title("ae_title", self.ae_title)
+            _require(bool(self.host), "host", f"is required with method = {self.method!r}")
+            check_port("port", self.port)
+        _require(self.max_tries >= 1, "max_tries", "must be >= 1")
+        _require(self.initial_backoff_seconds > 0, "initial_backoff_seconds", "must be positive")
+        _require(
+            self.max_backoff_seconds >= self.initial_backoff_seconds,
+            "max_backoff_seconds",
+            "must be >= initial_backoff_seconds",
+        )
+        _require(self.timeout_seconds > 0, "timeout_seconds", "must be positive")
+
+
 MODEL_BACKENDS = ("auto", "onnxruntime", "aidlite")
 # ONNX Runtime execution providers by short name (medseg.engine.onnx_runtime's aliases);
 # full names ending in "ExecutionProvider" are passed through as they are.
@@ -361,6 +407,7 @@ class ServerConfig:
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     marks: MarksConfig = field(default_factory=MarksConfig)
+    retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
     peers: tuple[PeerConfig, ...] = ()
     destinations: tuple[DestinationConfig, ...] = ()
     rules: tuple[RuleConfig, ...] = ()
@@ -385,6 +432,15 @@ class ServerConfig:
             self.listener.allow_any_ae or bool(self.peers),
             "peers",
             "no calling AE is allowed: add [[peers]] or set listener.allow_any_ae = true",
+        )
+        retrieve = self.retrieve
+        _require(
+            retrieve.method != "move"
+            or self.listener.allow_any_ae
+            or self.peer(retrieve.ae_title) is not None,
+            "retrieve.ae_title",
+            f"with method = 'move' the PACS stores the series to medseg as {retrieve.ae_title!r}:"
+            " add it to [[peers]] (or set listener.allow_any_ae = true)",
         )
 
     @property
@@ -411,6 +467,7 @@ _TABLES = {
     "delivery": DeliveryConfig,
     "model": ModelConfig,
     "marks": MarksConfig,
+    "retrieve": RetrieveConfig,
 }
 _ARRAYS = {"peers": PeerConfig, "destinations": DestinationConfig, "rules": RuleConfig}
 

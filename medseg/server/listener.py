@@ -100,7 +100,10 @@ class StoreHandler:
         self.marks = marks
 
     def __call__(self, event: Any) -> int | Dataset:
-        calling = event.assoc.requestor.ae_title
+        # who sent it: the caller of an association we accepted, or the PACS answering our
+        # own C-GET (medseg retrieving a series: medseg.server.retrieve)
+        sender = event.assoc.acceptor if event.assoc.is_requestor else event.assoc.requestor
+        calling = sender.ae_title
         try:
             dataset = event.dataset
             study = checked_uid(dataset.get("StudyInstanceUID"), "StudyInstanceUID")
@@ -114,7 +117,7 @@ class StoreHandler:
                 body_part=str(dataset.get("BodyPartExamined", "") or ""),
                 description=str(dataset.get("SeriesDescription", "") or ""),
                 calling_ae=calling,
-                peer_host=str(event.assoc.requestor.address),
+                peer_host=str(sender.address),
                 is_image=is_image_class(event.request.AffectedSOPClassUID),
             )
             check_pixel_data(dataset, event.context.transfer_syntax, is_image=info.is_image)

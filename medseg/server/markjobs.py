@@ -11,6 +11,9 @@ lost. The housekeeping loop then resolves each waiting mark object (``MarkJobs.r
   and the spooled series that hold the images its marks are drawn on);
 - while a referenced series is still arriving, or is not here and the object is younger
   than ``[marks] wait_seconds``, it waits: a mark may come before or during its series;
+- with ``[retrieve]`` configured, a referenced series that is not here is asked of the PACS
+  at once (``medseg.server.retrieve``) and the mark waits for that retrieval instead (it is
+  bounded by its tries); one that could not be retrieved leaves the mark unresolved;
 - for every complete image series that carries some of its marks and whose rule takes marks
   (``marks = true``), it makes one prompt job, identified by (series, mark object), so the
   same object received twice is one job and another object on the same series a new one;
@@ -39,6 +42,10 @@ from medseg.errors import DicomInputError, MedsegError, PromptError
 from medseg.server.completion import RECEIVING, SeriesInfo, SeriesTracker
 from medseg.server.config import RuleConfig, ServerConfig
 from medseg.server.jobs import REPORT_FILE, SEG_FILE, Delivery, Job, JobBook, mark_job_id
+from medseg.server.retrieve import FAILED as RETRIEVAL_FAILED
+from medseg.server.retrieve import PENDING as RETRIEVAL_PENDING
+from medseg.server.retrieve import RUNNING as RETRIEVAL_RUNNING
+from medseg.server.retrieve import RetrievalBook, describe_pacs
 from medseg.server.routing import route
 from medseg.server.spool import Spool
 from medseg.server.sqlite import PerThread, transaction
@@ -170,21 +177,33 @@ class MarkInbox:
         self._conn.close()
 
 
-def referenced_series(ds: pydicom.Dataset) -> list[str]:
-    """The series a mark object names: a GSPS's Referenced Series Sequence, an SR's Current
-    Requested Procedure Evidence and Pertinent Other Evidence. Values that are not UIDs
-    are passed over (they never become paths)."""
-    items = list(ds.get("ReferencedSeriesSequence", []))
+def referenced_series_studies(ds: pydicom.Dataset) -> dict[str, str]:
+    """Series UID -> study UID of every series a mark object names: a GSPS's Referenced
+    Series Sequence (series of its own study), an SR's Current Requested Procedure Evidence
+    and Pertinent Other Evidence (each under its study). What a retrieval asks the PACS for.
+    Values that are not UIDs are passed over (they never become paths)."""
+    own = ds.get("StudyInstanceUID", "")
+    items = [(item, own) for item in ds.get("ReferencedSeriesSequence", [])]
     for keyword in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
         for study in ds.get(keyword, []):
-            items.extend(study.get("ReferencedSeriesSequence", []))
-    found: list[str] = []
-    for item in items:
+            uid = study.get("StudyInstanceUID", "") or own
+            items.extend((item, uid) for item in study.get("ReferencedSeriesSequence", []))
+    found: dict[str, str] = {}
+    for item, study in items:
         try:
-            found.append(checked_uid(item.get("SeriesInstanceUID"), "SeriesInstanceUID"))
+            series = checked_uid(item.get("SeriesInstanceUID"), "SeriesInstanceUID")
         except UnsafeUidError:
             continue
-    return list(dict.fromkeys(found))
+        try:  # a bad study UID loses only the retrieval's study key, not the series
+            found.setdefault(series, checked_uid(study, "StudyInstanceUID"))
+        except UnsafeUidError:
+            found.setdefault(series, "")
+    return found
+
+
+def referenced_series(ds: pydicom.Dataset) -> list[str]:
+    """The series a mark object names (``referenced_series_studies``), in order."""
+    return list(referenced_series_studies(ds))
 
 
 def _frame_of_reference(files: Sequence[Path]) -> str:
@@ -225,10 +244,12 @@ def mark_options(options: Any, job: Job, files: Sequence[Path], output: Path) ->
 
 @dataclass(frozen=True)
 class _Read:
-    """What one mark object holds: its marks and the series it references."""
+    """What one mark object holds: its marks and the series it references (with the study
+    of each, for a retrieval)."""
 
     marks: tuple[Mark, ...]
     series: tuple[str, ...]
+    studies: tuple[tuple[str, str], ...] = ()  # (series UID, study UID)
 
 
 Deliveries = Callable[[tuple[str, ...], SeriesInfo], tuple[Delivery, ...]]
@@ -247,8 +268,12 @@ class MarkJobs:
         *,
         enqueue: Callable[[str], None],
         deliveries: Deliveries,
+        retrievals: RetrievalBook | None = None,
+        retrieve_now: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
+        self.retrievals = retrievals  # with [retrieve]: series not here are asked for
+        self.retrieve_now = retrieve_now  # wakes the retriever after a request
         self.spool = spool
         self.tracker = tracker
         self.inbox = inbox
@@ -291,8 +316,9 @@ class MarkJobs:
                 marks = tuple(read_marks(path))
             except DicomInputError as exc:  # the message starts with the (spool) path
                 raise DicomInputError(str(exc).removeprefix(f"{path}: ")) from None
-            series = referenced_series(header)
-            found = self._read[record.sop_uid] = _Read(marks, tuple(series))
+            studies = referenced_series_studies(header)
+            found = _Read(marks, tuple(studies), tuple(studies.items()))
+            self._read[record.sop_uid] = found
         return found
 
     def _image_series(self, record: MarkRecord, marks: Sequence[Mark]) -> list[str]:
@@ -344,8 +370,15 @@ class MarkJobs:
                     reasons.append(f"rule {rule.name!r} takes no marks (marks = false)")
                 else:
                     ready.append((series, rule, len(files)))
+        retrieving: list[str] = []
+        if missing and self.retrievals is not None:
+            retrieving, not_retrieved = self._retrieve(
+                self.retrievals, record, dict(read.studies), missing, now
+            )
+            reasons.extend(not_retrieved)
+            missing = []
         wait = self.config.marks.wait_seconds
-        if arriving or (missing and now < record.received + wait):
+        if arriving or retrieving or (missing and now < record.received + wait):
             return []  # its series is on its way, or may still come
         if missing:
             reasons.append(
@@ -371,6 +404,41 @@ class MarkJobs:
             )
         self._settle(record, SUBMITTED, "; ".join(reasons), [job.id for job in created])
         return created
+
+    def _retrieve(
+        self,
+        book: RetrievalBook,
+        record: MarkRecord,
+        studies: dict[str, str],
+        missing: list[str],
+        now: float,
+    ) -> tuple[list[str], list[str]]:
+        """Ask the PACS for each missing series (once; again after a failed retrieval only
+        for a mark that arrived since). Returns the series on their way and, for those that
+        could not be retrieved, the reasons."""
+        on_way: list[str] = []
+        reasons: list[str] = []
+        for uid in missing:
+            item = book.get(uid)
+            if item is None or (item.state == RETRIEVAL_FAILED and item.updated < record.received):
+                item = book.request(studies.get(uid) or record.study_uid, uid, now)
+                logger.info(
+                    "mark object %s: series %s is not here; retrieving it from %s",
+                    record.sop_uid,
+                    uid,
+                    describe_pacs(self.config.retrieve),
+                )
+                self.retrieve_now()
+            if item.state in (RETRIEVAL_PENDING, RETRIEVAL_RUNNING):
+                on_way.append(uid)
+            elif item.state == RETRIEVAL_FAILED:
+                reasons.append(
+                    f"series {uid} could not be retrieved ({item.attempts} attempt(s)): "
+                    f"{item.error}"
+                )
+            else:  # retrieved, yet no longer in the series table (removed since)
+                reasons.append(f"series {uid} was retrieved but is no longer held here")
+        return on_way, reasons
 
     def _job(self, record: MarkRecord, path: Path, series: SeriesInfo, rule: RuleConfig) -> Job:
         """The prompt job of ``record`` on ``series``: the SEG and the report go to each of

@@ -26,11 +26,13 @@ from medseg.server.config import CALLER, ServerConfig
 from medseg.server.health import Health
 from medseg.server.jobs import DONE, FAILED, Delivery, Job, JobBook, JobStore, job_id_for
 from medseg.server.jobstore import RedisJobStore, SqliteJobStore
-from medseg.server.listener import start_listener
+from medseg.server.listener import TRANSFER_SYNTAXES, StoreHandler, start_listener
 from medseg.server.markjobs import MarkInbox, MarkJobs
 from medseg.server.queue import JobQueue
+from medseg.server.retrieve import RetrievalBook, Retriever
 from medseg.server.routing import route
 from medseg.server.sender import Sender
+from medseg.server.sopclasses import IMAGE_CLASSES, OTHER_CLASSES
 from medseg.server.spool import Spool
 from medseg.server.tls import client_context, server_context
 from medseg.server.worker import JobRunner, PipelineSegmenter, Segmenter
@@ -121,6 +123,7 @@ class Service:
             on_processed=self._wake.set,
         )
         self.queue = JobQueue(config.queue, self.spool.root, handler=self.runner.run)
+        self.retriever = self._retriever()
         self.mark_jobs = (
             MarkJobs(
                 config,
@@ -130,6 +133,8 @@ class Service:
                 self.book,
                 enqueue=self.enqueue,
                 deliveries=lambda names, series: deliveries_for(config, names, series),
+                retrievals=self.retriever.book if self.retriever is not None else None,
+                retrieve_now=self.retriever.wake if self.retriever is not None else lambda: None,
             )
             if self.tracker is not None and self.inbox is not None
             else None
@@ -149,6 +154,24 @@ class Service:
         self._last_sweep = 0.0
         self._last_retention = 0.0
         self._models_checked = False
+
+    def _retriever(self) -> Retriever | None:
+        """With ``[retrieve]``, on the listening node: fetches the series marks reference
+        and medseg does not hold; what arrives takes the listener's storage path."""
+        settings = self.config.retrieve
+        if not settings.method or self.tracker is None:
+            return None
+        tracker = self.tracker
+        classes = (*IMAGE_CLASSES, *OTHER_CLASSES)
+        return Retriever(
+            settings,
+            RetrievalBook(self.spool.database),
+            calling_ae=self.config.listener.ae_title,
+            store=StoreHandler(self.spool, tracker),
+            storage_contexts=[(str(c), list(TRANSFER_SYNTAXES)) for c in classes],
+            tls_context=client_context(self.config.tls) if settings.tls else None,
+            arrived=lambda series_uid: tracker.get(series_uid) is not None,
+        )
 
     # -- queue ---------------------------------------------------------------------------
     def enqueue(self, job_id: str, delay: float = 0.0) -> None:
@@ -262,6 +285,10 @@ class Service:
             inbox, forgotten = self.inbox, []
             self._item("marks retention", lambda: forgotten.append(inbox.forget_before(cutoff)))
             removed += sum(forgotten)
+        if self.retriever is not None:
+            book, dropped = self.retriever.book, []
+            self._item("retrieval retention", lambda: dropped.append(book.forget_before(cutoff)))
+            removed += sum(dropped)
         return removed
 
     def _forget_job(self, job_id: str) -> None:
@@ -373,6 +400,8 @@ class Service:
                 ssl_context=self._server_ssl,
                 marks=self.inbox,
             )
+        if self.retriever is not None:
+            self.retriever.start(self.config.completion.check_interval_seconds)
         self._item("sweep", lambda: self.sweep(all_queued=True))
         self._last_sweep = time.time()
         if self.workers > 0:
@@ -407,6 +436,8 @@ class Service:
             self.server = None
         self._stop.set()
         self._wake.set()
+        if self.retriever is not None:
+            self.retriever.stop(self.config.retrieve.timeout_seconds + 5)
         if self.consumer is not None:
             self.consumer.stop(graceful=True)
             self.runner.release_all()

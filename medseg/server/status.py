@@ -23,6 +23,7 @@ from medseg.server.jobs import (
 )
 from medseg.server.markjobs import mark_status
 from medseg.server.queue import JobQueue
+from medseg.server.retrieve import retrieval_status
 from medseg.server.service import open_spool, open_store
 from medseg.server.spool import DATABASE_NAME
 
@@ -121,6 +122,7 @@ def collect_status(config: ServerConfig, *, errors: int = 5) -> dict[str, Any]:
         "unreadable_jobs": [{"job": job_id, "error": reason} for job_id, reason in unreadable],
         "housekeeping": [_report(r, now) for r in read_reports(spool.root)],
         "disk": _disk(spool.root, config.storage.min_free_mb),
+        "retrieve": retrieval_status(spool.database, config.retrieve, errors),
     }
 
 
@@ -222,6 +224,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"(series {err['series']}, attempt {err['attempts']}): {err['error']}"
         )
     lines += _mark_lines(status.get("marks", {}))
+    lines += _retrieve_lines(status.get("retrieve", {}))
     return "\n".join(lines)
 
 
@@ -235,5 +238,24 @@ def _mark_lines(marks: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {_clock(entry['time'])}  mark {entry['state']} (object {entry['mark']}): "
             f"{entry['detail']}"
+        )
+    return lines
+
+
+def _retrieve_lines(retrieve: dict[str, Any]) -> list[str]:
+    """Series asked of the PACS for marks, by state, and the newest that failed and why."""
+    if not retrieve.get("counts"):
+        return []
+    counts = ", ".join(f"{k} {v}" for k, v in retrieve["counts"].items())
+    lines = [f"retrieve     {retrieve['pacs']}: {counts}"]
+    for entry in retrieve.get("problems", []):
+        when = (
+            f", next try in {_ago(entry['next_try_seconds'])}"
+            if entry["next_try_seconds"] is not None
+            else ""
+        )
+        lines.append(
+            f"  {_clock(entry['time'])}  retrieval {entry['state']} (series {entry['series']}, "
+            f"attempt {entry['attempts']}{when}): {entry['error']}"
         )
     return lines

@@ -11,7 +11,9 @@ from medseg.server.config import default_config_path, load_config, parse_config
 from tests.server.peers import REPO_ROOT, run_medseg
 
 
-@pytest.mark.parametrize("name", ["default.toml", "orthanc.toml", "tls.toml", "redis.toml"])
+@pytest.mark.parametrize(
+    "name", ["default.toml", "orthanc.toml", "orthanc-marks.toml", "tls.toml", "redis.toml"]
+)
 def test_shipped_config_loads(name: str) -> None:
     config = load_config(REPO_ROOT / "pacs_config" / name)
     assert config.rules, "every shipped configuration processes something"

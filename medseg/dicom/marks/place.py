@@ -22,7 +22,7 @@ import numpy as np
 from medseg.dicom.marks.mark import Mark
 from medseg.dicom.volume import Volume
 from medseg.errors import PromptError
-from medseg.prompts import BoxPrompt, PointPrompt, Prompt
+from medseg.prompts import BoxPrompt, PointPrompt, Prompt, Tracking
 
 log = logging.getLogger(__name__)
 
@@ -96,33 +96,52 @@ def _on_volume(mark: Mark, volume: Volume) -> tuple[np.ndarray, int]:
     return ij, k
 
 
-def _box(lo: np.ndarray, hi: np.ndarray, k: int, volume: Volume) -> BoxPrompt:
+def _box(
+    lo: np.ndarray, hi: np.ndarray, k: int, volume: Volume, tracking: Tracking | None
+) -> BoxPrompt:
     """A box on slice k, clipped to the image (a box drawn around a lesion at the edge may
     reach past it)."""
     _, rows, cols = volume.shape
     top = np.array([cols - 1.0, rows - 1.0])
     lo, hi = np.clip(lo, 0.0, top), np.clip(hi, 0.0, top)
-    return BoxPrompt(float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1]), float(k), float(k))
+    x0, y0, x1, y1 = (float(v) for v in (lo[0], lo[1], hi[0], hi[1]))
+    return BoxPrompt(x0, y0, x1, y1, float(k), float(k), tracking=tracking)
+
+
+def _tracking(mark: Mark) -> Tracking | None:
+    """The mark's finding identifiers (SR TID 1500; a GSPS has none) for the segment it
+    prompts; a negative point prompts none. A tracking UID that is not a UID is left out
+    (the segment gets a new one), the identifier kept."""
+    identifier, uid = mark.tracking_identifier or "", mark.tracking_uid or ""
+    if mark.negative or (not identifier and not uid):
+        return None
+    try:
+        return Tracking(identifier, uid)
+    except PromptError:
+        log.debug("%s: tracking UID %r is not a UID; left out", mark.described, uid)
+        return Tracking(identifier) if identifier else None
 
 
 def mark_to_prompt(mark: Mark, volume: Volume) -> Prompt:
     """One mark as the prompt it stands for on ``volume`` (see the module's rules)."""
     ij, k = _on_volume(mark, volume)
+    tracking = _tracking(mark)
     if mark.kind == "point":
-        return PointPrompt(float(ij[0, 0]), float(ij[0, 1]), float(k), positive=not mark.negative)
+        i, j = float(ij[0, 0]), float(ij[0, 1])
+        return PointPrompt(i, j, float(k), positive=not mark.negative, tracking=tracking)
     if mark.kind == "line":
         col_mm, row_mm = volume.spacing[2], volume.spacing[1]
         step = (ij[1] - ij[0]) * np.array([col_mm, row_mm])
         half_mm = float(np.hypot(*step)) / 2.0
         middle = ij.mean(axis=0)
         half = half_mm / np.array([col_mm, row_mm])
-        return _box(middle - half, middle + half, k, volume)
+        return _box(middle - half, middle + half, k, volume, tracking)
     if mark.kind == "ellipse":
         centre = ij.mean(axis=0)
         first, second = (ij[1] - ij[0]) / 2.0, (ij[3] - ij[2]) / 2.0
         half = np.sqrt(first**2 + second**2)  # the extent of an ellipse with these semi-axes
-        return _box(centre - half, centre + half, k, volume)
-    return _box(ij.min(axis=0), ij.max(axis=0), k, volume)  # box, outline
+        return _box(centre - half, centre + half, k, volume, tracking)
+    return _box(ij.min(axis=0), ij.max(axis=0), k, volume, tracking)  # box, outline
 
 
 def marks_to_prompts(marks: Sequence[Mark], volume: Volume) -> list[Prompt]:

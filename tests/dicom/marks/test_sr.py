@@ -3,6 +3,7 @@ dsrdump as checker) -> marks -> prompts."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import astuple
 from pathlib import Path
 
@@ -78,13 +79,20 @@ def test_image_regions_and_a_length_give_exact_prompts(tmp_path: Path, series, s
     ]
     assert [m.tracking_uid for m in marks[:2]] == ["1.2.3.4.1", "1.2.3.4.2"]
     assert marks[4].source == "SR SCOORD POLYLINE"
-    assert marks_to_prompts(marks, volume) == [
+    prompts = marks_to_prompts(marks, volume)
+    assert [dataclasses.replace(p, tracking=None) for p in prompts] == [
         PointPrompt(12, 20, 1),
         BoxPrompt(10, 13, 24, 19, 2, 2),
         BoxPrompt(5, 6, 15, 12, 0, 0),
         BoxPrompt(10, 11, 20, 21, 3, 3),
         BoxPrompt(10, 7, 20, 17, 3, 3),
     ]
+    # each prompt carries its group's finding: identifier, and UID where the group had one
+    assert [(p.tracking.identifier, p.tracking.uid) for p in prompts[:2]] == [
+        ("lesion 1", "1.2.3.4.1"),
+        ("lesion 2", "1.2.3.4.2"),
+    ]
+    assert [p.tracking.identifier for p in prompts[2:]] == ["lesion 3", "lesion 4", "lesion 5"]
 
 
 def test_scoord3d_regions_go_to_the_nearest_slice(tmp_path: Path, series) -> None:
