@@ -6,9 +6,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -16,6 +19,7 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
+import skimage.io
 from prometheus_client.parser import text_string_to_metric_families
 
 from medseg.errors import ConfigError
@@ -70,31 +74,40 @@ def sample(found: dict, name: str, **labels: str) -> float:
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-@pytest.mark.slow
-def test_api_metrics_dashboard_and_files_after_a_demo_job(
-    procs: Processes, server_config: Callable, tmp_path: Path
-) -> None:
+def _serve_and_demo(
+    procs: Processes, server_config: Callable
+) -> tuple[subprocess.Popen, str, int, dict]:
+    """``medseg serve`` with its web side, then ``medseg demo`` until its job is done:
+    (the serve process, the web side's URL, instances sent, /metrics before the demo)."""
     back, web = free_port(), free_port()
     peer = {"ae_title": "MEDSEG-DEMO", "addresses": ["127.0.0.1"], "return_port": back}
-    path, config = server_config(peers=[peer], web={"port": web})
+    path, config = server_config(peers=[peer], web={"port": web, "refresh_seconds": 1.0})
     proc = serve(procs, path, config)
     base = f"http://127.0.0.1:{web}"
     wait_until(lambda: port_open(web) or proc.poll() is not None, 30, "the web side")
     before = metrics(base)
-    assert sample(before, "medseg_instances_received_total") == 0
-    assert sample(before, "medseg_spool_free_bytes") > 0
-
     args = [sys.executable, "-m", "medseg", "demo", "--port", str(config.listener.port)]
     args += ["--receive-port", str(back), "--timeout", "120"]
     demo = subprocess.run(args, capture_output=True, text=True, cwd=REPO_ROOT, timeout=180)
     assert demo.returncode == 0, demo.stderr + log_text(proc)
-    sent = int(re.search(r"sent\s+(\d+) CT instances", demo.stdout).group(1))  # type: ignore[union-attr]
-
-    data = wait_until(
-        lambda: (d := get_json(f"{base}/api/"))["status"]["jobs"][DONE] == 1 and d,
+    found = re.search(r"sent\s+(\d+) CT instances", demo.stdout)
+    assert found is not None, demo.stdout
+    wait_until(
+        lambda: get_json(f"{base}/api/")["status"]["jobs"][DONE] == 1,
         60,
         "the demo job done in /api/",
     )
+    return proc, base, int(found.group(1)), before
+
+
+@pytest.mark.slow
+def test_api_metrics_dashboard_and_files_after_a_demo_job(
+    procs: Processes, server_config: Callable
+) -> None:
+    proc, base, sent, before = _serve_and_demo(procs, server_config)
+    assert sample(before, "medseg_instances_received_total") == 0
+    assert sample(before, "medseg_spool_free_bytes") > 0
+    data = get_json(f"{base}/api/")
     assert data["status"]["queue_depth"] == 0
     (job,) = data["jobs"]
     assert job["state"] == DONE and job["error"] == ""
@@ -149,6 +162,47 @@ def test_api_metrics_dashboard_and_files_after_a_demo_job(
     log = log_text(proc)
     assert "refused a /jobs/" in log and "web side on http://127.0.0.1" in log
     assert "PHANTOM^" not in log
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Set to a folder to keep the browser's screenshot (docs/images/dashboard.png is one).
+SCREENSHOTS = os.environ.get("MEDSEG_SCREENSHOTS", "")
+
+
+def chromium(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    """Headless chromium (no sandbox: tests may run as root), its own throwaway profile."""
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory() as profile:
+        command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu"]
+        command += ["--no-first-run", f"--user-data-dir={profile}", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed")
+def test_dashboard_in_a_headless_browser_shows_the_finished_job_and_its_preview(
+    procs: Processes, server_config: Callable, tmp_path: Path
+) -> None:
+    proc, base, _, _ = _serve_and_demo(procs, server_config)
+    (job,) = get_json(f"{base}/api/")["jobs"]
+    # Virtual time lets the page's 1 s refresh run a few times before the DOM is dumped.
+    dom = chromium("--virtual-time-budget=5000", "--dump-dom", f"{base}/").stdout
+    row = re.search(rf'<tr class="job state-done" data-job="{re.escape(job["id"])}">.*?</tr>', dom)
+    assert row is not None, dom[:3000]
+    assert f'src="/jobs/{job["id"]}/preview.png"' in row.group(0)
+    assert f'href="/jobs/{job["id"]}/seg.dcm"' in row.group(0)
+    assert re.search(r'data-refreshed="[1-9]', dom), "the page never refreshed from /api/"
+    assert "refresh failed" not in dom
+    shot = tmp_path / "dashboard.png"
+    result = chromium(
+        "--window-size=1500,700", "--hide-scrollbars", f"--screenshot={shot}", f"{base}/"
+    )
+    assert shot.is_file(), result.stderr
+    image = skimage.io.imread(shot)
+    assert image.shape[:2] == (700, 1500) and image.std() > 10, "a blank screenshot"
+    if SCREENSHOTS:
+        shutil.copy(shot, Path(SCREENSHOTS) / "dashboard.png")
+    assert procs.stop(proc) == 0
 
 
 def _queued_job(service: Service, uid: str) -> Job:
