@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -328,3 +329,22 @@ def test_password_hashes_check_only_the_right_password() -> None:
     assert stored.startswith("pbkdf2_sha256$1000$")
     assert check_password("pw", stored) and not check_password("pW", stored)
     assert not check_password("pw", "pbkdf2_sha256$x$y$z")
+
+
+def test_web_port_in_use_stops_the_service_at_start_with_one_error(server_config: Callable) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        path, config = server_config(web={"port": taken.getsockname()[1]})
+        result = subprocess.run(
+            [sys.executable, "-m", "medseg", "serve", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            timeout=60,
+        )
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "web: cannot listen on 127.0.0.1:" in errors[0], errors
+    assert not port_open(config.listener.port), "the DICOM listener must not have started"
