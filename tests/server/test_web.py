@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ from tests.server.peers import (
     wait_until,
 )
 from tests.server.test_serve import serve
+from tests.server.test_tls import pki  # noqa: F401 - the test CA fixture
 
 TOKEN = "s3cret-test-token"
 TOKEN_SHA256 = hashlib.sha256(TOKEN.encode()).hexdigest()
@@ -348,3 +350,20 @@ def test_web_port_in_use_stops_the_service_at_start_with_one_error(server_config
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and "web: cannot listen on 127.0.0.1:" in errors[0], errors
     assert not port_open(config.listener.port), "the DICOM listener must not have started"
+
+
+def test_web_tls_serves_https_with_the_dicom_certificate_and_shows_patients_when_asked(
+    pki: Path,  # noqa: F811 - the fixture imported above
+    running: Callable[..., Service],
+    server_config: Callable,
+) -> None:
+    tls = {"certificate": str(pki / "server.pem"), "private_key": str(pki / "server.key")}
+    _, config = server_config(tls=tls, web={"port": 0, "tls": True, "show_patient": True})
+    service = running(config, workers=0)
+    context = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    url = f"https://127.0.0.1:{service.web.port}/api/"
+    with urllib.request.urlopen(url, context=context, timeout=30) as response:
+        data = json.loads(response.read())
+    assert data["show_patient"] is True and data["jobs"] == []
+    with pytest.raises(OSError):  # plain HTTP on the HTTPS port: closed, no answer
+        urllib.request.urlopen(url.replace("https", "http"), timeout=10)
