@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,8 @@ class SeriesTracker:
     def __init__(self, database: Path) -> None:
         self.database = Path(database)
         self._conn = PerThread(self.database, synchronous="NORMAL")
+        # Told the state of every series closed here (the web side's metrics); None: no one.
+        self.on_closed: Callable[[str], None] | None = None
         conn = self._conn()
         conn.executescript(_SCHEMA)
         with transaction(conn):  # re-checked under the lock: another process may migrate
@@ -180,7 +183,10 @@ class SeriesTracker:
                 " WHERE series_uid = ? AND state = ? AND last_seen = ?",
                 (state, job_id, series.series_uid, RECEIVING, series.last_seen),
             )
-            return cursor.rowcount == 1
+            closed = cursor.rowcount == 1
+        if closed and self.on_closed is not None:
+            self.on_closed(state)
+        return closed
 
     def get(self, series_uid: str) -> SeriesInfo | None:
         row = (

@@ -257,6 +257,80 @@ class RetrieveConfig:
         _require(self.timeout_seconds > 0, "timeout_seconds", "must be positive")
 
 
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, ``localhost``)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+PASSWORD_SCHEME = "pbkdf2_sha256"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The HTTP side of ``medseg serve``: dashboard, ``/api/`` JSON and ``/metrics``.
+
+    On loopback it may run without credentials; bound to any other address it needs bearer
+    tokens (stored as SHA-256 hex digests) and/or users (``name:pbkdf2_sha256$...``, made by
+    ``python3 -m medseg.server.web.passwords``), because the dashboard can retry and cancel
+    jobs. ``tls`` serves HTTPS with the certificate and key of the ``[tls]`` section.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 11180
+    tls: bool = False
+    tokens_sha256: tuple[str, ...] = ()
+    users: tuple[str, ...] = ()
+    show_patient: bool = False
+    refresh_seconds: float = 5.0
+    jobs_shown: int = 200
+
+    def __post_init__(self) -> None:
+        _require(bool(self.host), "host", "must name an address (127.0.0.1 = this machine only)")
+        check_port("port", self.port, allow_zero=True)
+        for i, digest in enumerate(self.tokens_sha256):
+            _require(
+                re.fullmatch(r"[0-9a-f]{64}", digest) is not None,
+                f"tokens_sha256[{i}]",
+                "must be the 64 hex digits of the token's SHA-256 (printf %s TOKEN | sha256sum)",
+            )
+        names = []
+        for i, user in enumerate(self.users):
+            name, _, hashed = user.partition(":")
+            parts = hashed.split("$")
+            _require(
+                bool(name) and len(parts) == 4 and parts[0] == PASSWORD_SCHEME,
+                f"users[{i}]",
+                f"must be 'name:{PASSWORD_SCHEME}$iterations$salt$hash' "
+                "(python3 -m medseg.server.web.passwords NAME), never a plain password",
+            )
+            _require(name not in names, f"users[{i}]", f"duplicate user {name!r}")
+            names.append(name)
+        _require(
+            not self.enabled
+            or is_loopback(self.host)
+            or bool(self.tokens_sha256)
+            or bool(self.users),
+            "host",
+            f"{self.host!r} is reachable beyond this machine: configure web.tokens_sha256 "
+            "and/or web.users, or bind to 127.0.0.1",
+        )
+        _require(self.refresh_seconds > 0, "refresh_seconds", "must be positive")
+        _require(self.jobs_shown >= 1, "jobs_shown", "must be >= 1")
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether requests must carry a token or a user's password."""
+        return bool(self.tokens_sha256 or self.users)
+
+
 MODEL_BACKENDS = ("auto", "onnxruntime", "aidlite")
 # ONNX Runtime execution providers by short name (medseg.engine.onnx_runtime's aliases);
 # full names ending in "ExecutionProvider" are passed through as they are.
@@ -408,6 +482,7 @@ class ServerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     marks: MarksConfig = field(default_factory=MarksConfig)
     retrieve: RetrieveConfig = field(default_factory=RetrieveConfig)
+    web: WebConfig = field(default_factory=WebConfig)
     peers: tuple[PeerConfig, ...] = ()
     destinations: tuple[DestinationConfig, ...] = ()
     rules: tuple[RuleConfig, ...] = ()
@@ -442,6 +517,12 @@ class ServerConfig:
             f"with method = 'move' the PACS stores the series to medseg as {retrieve.ae_title!r}:"
             " add it to [[peers]] (or set listener.allow_any_ae = true)",
         )
+        if self.web.enabled and self.web.tls:
+            _require(
+                bool(self.tls.certificate and self.tls.private_key),
+                "web.tls",
+                "needs tls.certificate and tls.private_key (the DICOM TLS certificate settings)",
+            )
 
     @property
     def spool_dir(self) -> Path:
@@ -468,6 +549,7 @@ _TABLES = {
     "model": ModelConfig,
     "marks": MarksConfig,
     "retrieve": RetrieveConfig,
+    "web": WebConfig,
 }
 _ARRAYS = {"peers": PeerConfig, "destinations": DestinationConfig, "rules": RuleConfig}
 

@@ -34,6 +34,7 @@ PENDING, DELIVERED, UNDELIVERABLE = "pending", "delivered", "undeliverable"
 # The result files a job leaves in its outbox folder (``Spool.job_dir``).
 SEG_FILE = "seg.dcm"
 REPORT_FILE = "report.sr.dcm"
+PREVIEW_FILE = "preview.png"  # mask outlines over the slices that hold them (dashboard)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Job:
     slices: int = 0
     volume_ml: float = 0.0
     seconds: float = 0.0
+    timings: tuple[tuple[str, float], ...] = ()  # pipeline stage -> seconds (load, infer...)
     deliveries: tuple[Delivery, ...] = ()
     version: int = 0
 
@@ -101,6 +103,7 @@ class Job:
         data: dict[str, Any] = json.loads(text)
         data["deliveries"] = tuple(Delivery(**d) for d in data.get("deliveries", ()))
         data["prompts"] = tuple(data.get("prompts", ()))
+        data["timings"] = tuple((str(k), float(v)) for k, v in data.get("timings", ()))
         return cls(**data)
 
     @property
@@ -309,6 +312,50 @@ class JobBook:
     def enqueued(self, job_id: str) -> Job | None:
         """Note that a message for the job was just put on the queue."""
         return self._update(job_id, lambda job: dataclasses.replace(job, enqueued=time.time()))
+
+    # -- an administrator's actions (the dashboard) -----------------------------------------
+    def retry(self, job_id: str) -> Job | None:
+        """A failed job queued again from scratch (attempts reset); None if not failed."""
+
+        def change(job: Job) -> Job | None:
+            if job.state != FAILED:
+                return None
+            return dataclasses.replace(
+                job, state=QUEUED, attempts=0, error="", owner="", lease_until=0.0, not_before=0.0
+            )
+
+        return self._update(job_id, change)
+
+    def cancel(self, job_id: str, reason: str) -> Job | None:
+        """A queued job failed with ``reason`` before a worker claims it; None if not queued
+        (a worker that got there first keeps it: the claim is the same CAS)."""
+
+        def change(job: Job) -> Job | None:
+            if job.state != QUEUED:
+                return None
+            return dataclasses.replace(job, state=FAILED, error=reason, not_before=0.0)
+
+        return self._update(job_id, change)
+
+    def redeliver(self, job_id: str, name: str, file: str = SEG_FILE) -> Job | None:
+        """Send a result again to a destination now: an undeliverable delivery (or a pending
+        one waiting out its backoff after an error) becomes pending and due, its attempts
+        counted anew. Should a send be in flight meanwhile, the peer gets the same SOP
+        Instance UID twice (a duplicate, not a second result)."""
+
+        def change(job: Job) -> Job | None:
+            if job.state not in (DELIVERING, DONE) or not job.output:
+                return None
+            found = next((d for d in job.deliveries if (d.name, d.file) == (name, file)), None)
+            if found is None or found.state == DELIVERED:
+                return None
+            if found.state == PENDING and not found.error:  # first try still to come
+                return None
+            again = dataclasses.replace(found, state=PENDING, attempts=0, next_attempt=0.0)
+            deliveries = tuple(again if d is found else d for d in job.deliveries)
+            return dataclasses.replace(job, deliveries=deliveries, state=DELIVERING)
+
+        return self._update(job_id, change)
 
     def counts(self) -> dict[str, int]:
         counts = dict.fromkeys(STATES, 0)

@@ -17,6 +17,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -150,6 +151,8 @@ class Sender:
         self._in_flight: set[tuple[str, str, str]] = set()
         self._busy_peers: set[tuple[str, int, str]] = set()
         self._lock = threading.Lock()
+        # Told (destination, delivered?) after every attempt (the web side's metrics).
+        self.on_attempt: Callable[[str, bool], None] | None = None
 
     def backoff(self, attempts: int) -> float:
         delay = self.config.initial_backoff_seconds * 2 ** max(0, attempts - 1)
@@ -238,6 +241,8 @@ class Sender:
                 tls_context=self.tls_context,
             )
         except (DeliveryError, OSError, RuntimeError) as exc:
+            if self.on_attempt is not None:
+                self.on_attempt(name, False)
             error = str(exc)
             refused = getattr(exc, "permanent", False)
             give_up = (refused and delivery.attempts >= self.config.permanent_failure_tries) or (
@@ -263,6 +268,8 @@ class Sender:
                 error,
             )
             return False
+        if self.on_attempt is not None:
+            self.on_attempt(name, True)
         self.book.update_delivery(
             job_id, name, lambda d: dataclasses.replace(d, state=DELIVERED, error=""), file
         )

@@ -111,7 +111,7 @@ class Service:
         )
         self.tracker = SeriesTracker(self.spool.database) if listen else None
         self.inbox = MarkInbox(self.spool.database) if listen else None
-        self._segmenter = segmenter or PipelineSegmenter(config.model)
+        self._segmenter = segmenter or PipelineSegmenter(config.model, previews=config.web.enabled)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.runner = JobRunner(
@@ -149,6 +149,7 @@ class Service:
         self._server_ssl = server_context(tls) if tls.enabled else None
         self.health = Health.in_spool(self.spool.root, "serve" if listen else "worker")
         self.server = None
+        self.web = None  # the HTTP side (dashboard, /api/, /metrics): medseg.server.web
         self.consumer = None
         self._housekeeper: threading.Thread | None = None
         self._last_sweep = 0.0
@@ -384,10 +385,18 @@ class Service:
         resolve_model(SegmentOptions(model=path))
         return path
 
+    def wake(self) -> None:
+        """Run housekeeping (completion, sender) now rather than at the next interval."""
+        self._wake.set()
+
     def start(self) -> None:
         if not self._models_checked:
             self.check_models()
         self.health.start()
+        if self.listen and self.config.web.enabled:
+            from medseg.server.web.side import start_web
+
+            self.web = start_web(self)
         if self.tracker is not None:
             recovered = self.tracker.recover(self.spool.incoming)
             if recovered:
@@ -400,6 +409,8 @@ class Service:
                 ssl_context=self._server_ssl,
                 marks=self.inbox,
             )
+        if self.listen and self.web is not None:
+            self.web.watch_listener(self.server)
         if self.retriever is not None:
             self.retriever.start(self.config.completion.check_interval_seconds)
         self._item("sweep", lambda: self.sweep(all_queued=True))
@@ -431,6 +442,9 @@ class Service:
 
     def stop(self) -> None:
         """Stop listening, let running jobs finish (bounded), give back the rest."""
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
         if self.server is not None:
             self.server.shutdown()
             self.server = None

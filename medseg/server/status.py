@@ -140,6 +140,60 @@ def _disk(root: Any, reserve_mb: float) -> dict[str, Any]:
     return {"free_mb": round(free_mb, 1), "reserve_mb": reserve_mb, "low": free_mb < reserve_mb}
 
 
+def collect_jobs(config: ServerConfig, *, limit: int = 200) -> list[dict[str, Any]]:
+    """The newest ``limit`` job records with their series as the listener saw it
+    (description, modality, instances): the job table of the web dashboard and ``/api/``.
+
+    Read-only, like ``collect_status``; UIDs, never patient identifiers.
+    """
+    spool = open_spool(config)
+    store = open_store(config, spool)
+    try:
+        jobs = sorted(store.jobs(), key=lambda j: j.created, reverse=True)[:limit]
+    finally:
+        store.close()
+    tracker = SeriesTracker(spool.database) if spool.database.is_file() else None
+    rows = []
+    for job in jobs:
+        series = tracker.get(job.series_uid) if tracker is not None else None
+        rows.append(
+            {
+                "id": job.id,
+                "state": job.state,
+                "rule": job.rule,
+                "study": job.study_uid,
+                "series": job.series_uid,
+                "series_description": series.description if series else "",
+                "modality": series.modality if series else "",
+                "instances": series.received if series else 0,
+                "slices": job.slices,
+                "mark": job.mark_uid,
+                "attempts": job.attempts,
+                "error": job.error,
+                "created": job.created,
+                "updated": job.updated,
+                "seconds": job.seconds,
+                "timings": dict(job.timings),
+                "volume_ml": job.volume_ml,
+                "seg_uid": job.seg_uid,
+                "report_uid": job.report_uid,
+                "deliveries": [
+                    {
+                        "destination": d.name,
+                        "address": f"{d.ae_title}@{d.host}:{d.port}",
+                        "file": d.file,
+                        "state": d.state,
+                        "attempts": d.attempts,
+                        "next_attempt": d.next_attempt,
+                        "error": d.error,
+                    }
+                    for d in job.deliveries
+                ],
+            }
+        )
+    return rows
+
+
 def _ago(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 120:

@@ -27,7 +27,7 @@ from pydicom.filereader import read_file_meta_info
 from medseg.durable import write_with
 from medseg.errors import ConfigError, DicomInputError, ModelError, OutputError, PromptError
 from medseg.server.config import ModelConfig, QueueConfig
-from medseg.server.jobs import QUEUED, SEG_FILE, Job, JobBook
+from medseg.server.jobs import PREVIEW_FILE, QUEUED, SEG_FILE, Job, JobBook
 from medseg.server.spool import Spool
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,8 +67,9 @@ class PipelineSegmenter:
     loading one model does not hold up workers using another.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, *, previews: bool = False) -> None:
         self.config = config
+        self.previews = previews  # also write preview.png beside the SEG (the dashboard's)
         self._models: dict[Path, LoadedModel] = {}
         self._loading: dict[Path, threading.Lock] = {}
         self._lock = threading.Lock()  # guards the two dicts only, never held while loading
@@ -147,6 +148,10 @@ class PipelineSegmenter:
         options = self.options(job)
         if job.mark_uid:
             options = mark_options(options, job, files, output)
+        if self.previews:
+            from dataclasses import replace
+
+            options = replace(options, preview=output.parent / PREVIEW_FILE)
         result = segment(files, output, options, model=self.model(options))
         report_uid = ""
         if result.report is not None:
@@ -273,6 +278,7 @@ class JobRunner:
             slices=outcome.slices,
             volume_ml=outcome.volume_ml,
             seconds=outcome.seconds,
+            timings=tuple((k, round(float(v), 3)) for k, v in outcome.timings.items()),
         )
         if done is None:
             logger.warning("job %s: finished after losing its lease; result discarded", job.id)

@@ -95,6 +95,7 @@ def server_config(tmp_path: Path, bright_model: Path) -> Callable[..., tuple[Pat
     ) -> tuple[Path, ServerConfig]:
         base: dict[str, dict] = {
             "listener": {"host": "127.0.0.1", "port": free_port()},
+            "web": {"port": 0},  # any free port: several services may run at once
             "storage": {"spool": str(tmp_path / "spool"), "min_free_mb": 0},
             "completion": {"series_idle_seconds": 1.0, "check_interval_seconds": 0.2},
             "queue": {"lease_seconds": 3, "sweep_interval_seconds": 0.5, "retry_delay_seconds": 1},
