@@ -32,20 +32,24 @@ from medseg.prompts import BoxPrompt, PointPrompt
 from medseg.synthetic.series import read_scene_truth, write_scene_series
 
 
-def evaluate_series(model, truth, labels, flips, prompts: bool = True) -> dict:
+def evaluate_series(
+    model, truth, labels, flips, prompts: bool = True, automatic: bool = True
+) -> dict:
     volume = load_series(truth.series_dir).volume
-    options = SegmentOptions(model=model.path, test_time_flips=flips)
-    auto = segment_volume_result(volume, model.engine, model.card, options).mask
-    ml = volume.voxel_volume_ml
     row = {
         "family": truth.family,
         "modality": truth.modality,
         "lesions": len(truth.lesions),
-        "auto_dice": dice(auto, labels > 0) if truth.lesions else None,
-        "auto_fp_ml": float((auto & (labels == 0)).sum() * ml),
+        "auto_dice": None,
+        "auto_fp_ml": None,
         "point": [],
         "box": [],
     }
+    if automatic:
+        options = SegmentOptions(model=model.path, test_time_flips=flips)
+        auto = segment_volume_result(volume, model.engine, model.card, options).mask
+        row["auto_dice"] = dice(auto, labels > 0) if truth.lesions else None
+        row["auto_fp_ml"] = float((auto & (labels == 0)).sum() * volume.voxel_volume_ml)
     if not model.card.promptable or not prompts:
         return row
     for lesion in truth.lesions:
@@ -84,6 +88,9 @@ def _phantom_truth(root: Path, seed: int):
     return truth, labels
 
 
+BIG_ML = np.pi / 6 * 10.0**3 / 1000.0  # a 10 mm sphere, in ml
+
+
 def _span(text: str) -> range:
     lo, _, hi = text.partition("-")
     return range(int(lo), int(hi or lo) + 1)
@@ -104,6 +111,9 @@ def main() -> int:
         "0.55 / trim 0.4) to automatic segmentation, to see whether it earns its place",
     )
     parser.add_argument("--auto-only", action="store_true", help="no prompted runs")
+    parser.add_argument(
+        "--prompted-only", action="store_true", help="no automatic runs (a prompt-only model)"
+    )
     parser.add_argument(
         "--no-refine", action="store_true", help="turn the card's refinement off (radius 0)"
     )
@@ -135,28 +145,35 @@ def main() -> int:
                     truth, labels = read_scene_truth(folder)
                 else:
                     truth, labels = write_scene_series(folder, seed, family, modality)
-                row = evaluate_series(model, truth, labels, flips, not args.auto_only)
+                row = evaluate_series(
+                    model, truth, labels, flips, not args.auto_only, not args.prompted_only
+                )
                 row["seed"] = seed
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     print(
         f"{'family':10} {'mod':3} {'series':>6} {'auto':>6} {'FP ml':>6} {'point':>6} "
-        f"{'box':>6} {'lesions':>7}"
+        f"{'box':>6} {'lesions':>7} {'pt>=10mm':>8} {'box>=10mm':>9} {'n>=10mm':>7}"
     )
     for family in args.families.split(","):
         for modality in args.modalities.split(","):
             sel = [r for r in rows if r["family"] == family and r["modality"] == modality]
             auto = [r["auto_dice"] for r in sel if r["auto_dice"] is not None]
-            free = [r["auto_fp_ml"] for r in sel if not r["lesions"]]
+            free = [
+                r["auto_fp_ml"] for r in sel if not r["lesions"] and r["auto_fp_ml"] is not None
+            ]
             point = [p["dice"] for r in sel for p in r["point"]]
             box = [p["dice"] for r in sel for p in r["box"]]
+            # lesions a reader sees and marks: an equivalent-sphere diameter of 10 mm or more
+            big_point = [p["dice"] for r in sel for p in r["point"] if p["ml"] >= BIG_ML]
+            big_box = [p["dice"] for r in sel for p in r["box"] if p["ml"] >= BIG_ML]
 
             def m(v):
                 return f"{np.mean(v):6.3f}" if v else "     -"
 
             print(
                 f"{family:10} {modality:3} {len(sel):6d} {m(auto)} {m(free)} {m(point)} "
-                f"{m(box)} {len(point):7d}"
+                f"{m(box)} {len(point):7d}   {m(big_point)}    {m(big_box)} {len(big_point):7d}"
             )
     print(f"({time.time() - started:.0f} s)")
     if args.json:

@@ -255,11 +255,17 @@ def bundled_models_dir() -> Path:
 
 
 DEFAULT_MODEL_NAME = "sam2unet_phantom.onnx"
+# The bundled model for prompts (a click, a box, a reader's marks): promptable, and chosen
+# for prompted jobs by default because each bundled model is the better one, measured on
+# held-out data, at its own use (models/README.md).
+DEFAULT_PROMPT_MODEL_NAME = "sam2unet_prompt.onnx"
 
 
-def default_model_path() -> Path:
-    """The bundled default model file, with a clear error if it is absent."""
-    path = bundled_models_dir() / DEFAULT_MODEL_NAME
+def default_model_path(prompted: bool = False) -> Path:
+    """The bundled default model file (``prompted``: the one for prompted jobs), with a
+    clear error if it is absent."""
+    name = DEFAULT_PROMPT_MODEL_NAME if prompted else DEFAULT_MODEL_NAME
+    path = bundled_models_dir() / name
     if not path.is_file():
         raise ConfigError(f"bundled model {path} is missing; pass --model or see models/README.md")
     return path

@@ -131,8 +131,10 @@ class LoadedModel:
 
 
 def resolve_model(options: SegmentOptions) -> tuple[Path, ModelCard]:
-    """The model file and its card, checked without opening the model (cheap, fails early)."""
-    path = Path(options.model) if options.model is not None else default_model_path()
+    """The model file and its card, checked without opening the model (cheap, fails early).
+    Without ``options.model``: the bundled model for the job's kind (prompted or not)."""
+    prompted = bool(options.prompts or options.marks)
+    path = Path(options.model) if options.model is not None else default_model_path(prompted)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     card = load_card_for(path)

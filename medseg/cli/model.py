@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--config",
         help="config name (hiera_l, hiera_b+, hiera_s, hiera_t, "
-        "micro, phantom) or a JSON file; optional for medseg checkpoints",
+        "micro, phantom, phantom_prompt) or a JSON file; optional for medseg checkpoints",
     )
     export.add_argument("-o", "--output", required=True, type=Path, help="the .onnx to write")
     export.add_argument("--static", action="store_true", help="fix the batch to 1 (NPU)")

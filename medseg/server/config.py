@@ -341,12 +341,16 @@ PROVIDER_NAMES = ("cpu", "cuda", "tensorrt", "qnn")
 class ModelConfig:
     """The default model for rules that name none ('' = the bundled one) and how to run it.
 
+    ``prompt_path`` is the default for prompted jobs (a rule's prompts, a reader's marks):
+    '' = the bundled promptable model.
+
     ``backend`` picks the inference runtime (auto = by file extension: .onnx -> onnxruntime,
     .bin/.dlc -> aidlite on a Qualcomm NPU); ``providers`` asks ONNX Runtime for execution
     providers in order of preference (CPU is always the last fallback).
     """
 
     path: str = ""
+    prompt_path: str = ""
     backend: str = "auto"
     threads: int = 0
     providers: tuple[str, ...] = ()

@@ -341,8 +341,8 @@ class Service:
         (its workers run beside it), one feeding Redis workers elsewhere checks nothing:
         those workers check at their own start.
         """
-        rule_models = [rule.model for rule in self.config.rules]
-        rule_models += [r.marks_model for r in self.config.rules if r.marks and r.marks_model]
+        rule_models = [(rule.model, bool(rule.prompts)) for rule in self.config.rules]
+        rule_models += [(r.marks_model or r.model, True) for r in self.config.rules if r.marks]
         if not rule_models:
             self._models_checked = True
             return []
@@ -350,7 +350,7 @@ class Service:
             if self.workers > 0 and hasattr(self._segmenter, "preload"):
                 paths = self._segmenter.preload(rule_models)
             elif self.workers == 0 and self.config.queue.backend == "sqlite":
-                paths = [self._check_model_file(model) for model in rule_models]
+                paths = [self._check_model_file(*wanted) for wanted in rule_models]
             else:
                 paths = []
             self._check_rule_prompts()
@@ -372,16 +372,16 @@ class Service:
             if rule.marks:
                 needs.append((rule.marks_model or rule.model, "takes marks"))
             for model, why in needs:
-                path = PipelineSegmenter(self.config.model).model_path(model)
+                path = PipelineSegmenter(self.config.model).model_path(model, prompted=True)
                 try:
                     check_promptable(load_card_for(path))
                 except MedsegError as exc:
                     raise type(exc)(f"rule {rule.name!r} {why}: {exc}") from exc
 
-    def _check_model_file(self, rule_model: str) -> Path:
+    def _check_model_file(self, rule_model: str, prompted: bool = False) -> Path:
         from medseg.pipeline import SegmentOptions, resolve_model
 
-        path = PipelineSegmenter(self.config.model).model_path(rule_model)
+        path = PipelineSegmenter(self.config.model).model_path(rule_model, prompted)
         resolve_model(SegmentOptions(model=path))
         return path
 

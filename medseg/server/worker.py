@@ -80,7 +80,7 @@ class PipelineSegmenter:
         from medseg.server.ruleprompts import parse_rule_prompts
 
         return SegmentOptions(
-            model=self.model_path(job.model),
+            model=self.model_path(job.model, prompted=bool(job.prompts or job.mark_uid)),
             backend=self.config.backend,
             threads=self.config.threads or None,
             providers=self.config.providers,
@@ -90,20 +90,36 @@ class PipelineSegmenter:
             series_uid=job.series_uid,
         )
 
-    def model_path(self, rule_model: str = "") -> Path:
-        """The resolved model file for a rule's ``model`` ('' = [model].path, '' = bundled)."""
-        from medseg.modelcard import DEFAULT_MODEL_NAME, bundled_models_dir
+    def model_path(self, rule_model: str = "", prompted: bool = False) -> Path:
+        """The resolved model file for a rule's ``model``: '' = ``[model].path``, and '' there
+        = the bundled model (``medseg.modelcard.default_model_path``). For ``prompted`` jobs
+        '' = ``[model].prompt_path``, else ``[model].path`` if that model takes prompts,
+        else the bundled promptable model."""
+        from medseg.modelcard import default_model_path
 
-        model = rule_model or self.config.path
+        model = rule_model or (self._prompt_default() if prompted else self.config.path)
         if model:
             return Path(model).expanduser().resolve()
-        bundled = bundled_models_dir() / DEFAULT_MODEL_NAME
-        if not bundled.is_file():
+        try:
+            return default_model_path(prompted).resolve()
+        except ConfigError as exc:
+            key = "[model].prompt_path" if prompted else "[model].path"
             raise ModelError(
-                f"the bundled model {bundled} is missing: set [model].path (or a rule's model) "
-                "to a .onnx with its model card, or see models/README.md"
-            )
-        return bundled.resolve()
+                f"{exc}: set {key} (or a rule's model) to a .onnx with its model card"
+            ) from None
+
+    def _prompt_default(self) -> str:
+        """``[model].prompt_path``, or ``[model].path`` when that model takes prompts."""
+        if self.config.prompt_path or not self.config.path:
+            return self.config.prompt_path
+        from medseg.modelcard import load_card_for
+
+        path = Path(self.config.path).expanduser()
+        try:
+            promptable = load_card_for(path).promptable
+        except (ConfigError, OSError, ValueError):
+            promptable = False  # a missing or broken model is reported where it is used
+        return self.config.path if promptable else ""
 
     def _key_lock(self, key: Path) -> threading.Lock:
         with self._lock:
@@ -123,7 +139,7 @@ class PipelineSegmenter:
                     self._models[key] = loaded
             return loaded
 
-    def preload(self, rule_models: list[str]) -> list[Path]:
+    def preload(self, rule_models: list[tuple[str, bool]]) -> list[Path]:
         """Open every model the rules name now: a broken one stops the service at start."""
         from dataclasses import replace
 
@@ -134,7 +150,7 @@ class PipelineSegmenter:
             threads=self.config.threads or None,
             providers=self.config.providers,
         )
-        paths = list(dict.fromkeys(self.model_path(m) for m in rule_models))
+        paths = list(dict.fromkeys(self.model_path(m, prompted) for m, prompted in rule_models))
         for path in paths:
             self.model(replace(base, model=path))
         return paths

@@ -78,10 +78,10 @@ def test_bundled_model_end_to_end_dice_on_fresh_phantoms(tmp_path):
 PLAIN_CT = dict(modality="CT", matrix=320, fov_mm=240.0, slices=30, thickness=2.0)
 
 
-def _segment_plain(folder: Path, out: Path) -> np.ndarray:
+def _segment_plain(folder: Path, out: Path, *extra: str) -> np.ndarray:
     import pydicom
 
-    assert main(["segment", str(folder), "-o", str(out), "--no-progress"]) == 0
+    assert main(["segment", str(folder), "-o", str(out), "--no-progress", *extra]) == 0
     seg = pydicom.dcmread(out)
     files = sorted(folder.iterdir())
     index = {
@@ -109,11 +109,14 @@ def test_bundled_model_finds_at_most_a_millilitre_in_a_lesion_free_series(tmp_pa
 
 
 def test_bundled_model_refuses_prompts_in_one_line(tmp_path: Path, capsys) -> None:
-    """The bundled model has no prompt input: a prompt is refused, not guessed around."""
+    """The bundled automatic model has no prompt input: a prompt given to it is refused,
+    not guessed around (without --model a prompt picks the bundled promptable model,
+    tests/model/test_bundled_prompt.py)."""
     series = write_plain_series(tmp_path / "ct", **PLAIN_CT)
     k, r, c = series.centre
     out = tmp_path / "pt.seg.dcm"
     argv = ["segment", str(series.folder), "-o", str(out), "--point", f"{c},{r},{k}"]
+    argv += ["--model", str(default_model_path())]
     assert main(argv) == 5
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "takes no prompts" in err

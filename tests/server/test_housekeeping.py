@@ -12,7 +12,7 @@ from pathlib import Path
 
 from medseg.server.completion import InstanceInfo, SeriesTracker
 from medseg.server.health import REPORT_SIZE, read_reports
-from medseg.server.jobs import DELIVERING, DONE, Delivery, Job, JobBook, job_id_for
+from medseg.server.jobs import DONE, Job, JobBook
 from medseg.server.jobstore import SqliteJobStore
 from medseg.server.sqlite import transaction
 from medseg.server.status import collect_status, format_status
@@ -25,24 +25,9 @@ from tests.server.peers import (
     wait_until,
     write_ct,
 )
+from tests.server.records import delivering_job
 from tests.server.test_serve import serve
 from tests.server.test_service import write_seg_like
-
-
-def _delivering_job(store: SqliteJobStore, port: int, output: Path) -> Job:
-    book = JobBook(store, lease_seconds=60, max_attempts=3)
-    job = Job(
-        job_id_for("1.2.3.4", 1),
-        "1.2.3.4",
-        "1.2.3",
-        "all",
-        deliveries=(Delivery("recv", "RECEIVER", "127.0.0.1", port),),
-    )
-    book.create(job)
-    book.claim(job.id, "worker")
-    done = book.processed(job.id, "worker", output=str(output))
-    assert done is not None and done.state == DELIVERING
-    return done
 
 
 def test_a_bad_series_and_a_bad_job_record_do_not_stop_deliveries(
@@ -71,7 +56,8 @@ def test_a_bad_series_and_a_bad_job_record_do_not_stop_deliveries(
         )
     write_seg_like(tmp_path / "seg.dcm", "1.2.3")
     with CountingReceiver() as receiver:
-        good = _delivering_job(store, receiver.port, tmp_path / "seg.dcm")
+        book = JobBook(store, lease_seconds=60, max_attempts=3)
+        good = delivering_job(book, receiver.port, tmp_path / "seg.dcm", "1.2.3.4")
         service = running(config, workers=0)
         wait_until(lambda: receiver.total() == 1, 30, "the good job's SEG at the receiver")
         wait_until(lambda: store.get(good.id).state == DONE, 10, "the good job done")

@@ -255,7 +255,21 @@ def test_rule_keys_for_marks_are_checked_when_the_configuration_loads() -> None:
 
 
 def test_a_rule_taking_marks_needs_a_promptable_model_at_start(server_config: Callable) -> None:
-    _, config = server_config(rules=[{"name": "r", "marks": True}])  # the bright model
-    service = Service(config, workers=0)
+    _, config = server_config(rules=[{"name": "r", "marks": True}])
+    bright = config.model.path  # the prompt-free test model
+    _, config = server_config(rules=[{"name": "r", "marks": True, "marks_model": bright}])
     with pytest.raises(PromptError, match="rule 'r' takes marks"):
-        service.check_models()
+        Service(config, workers=0).check_models()
+
+
+def test_marks_use_the_bundled_promptable_model_when_the_default_takes_no_prompts(
+    server_config: Callable,
+) -> None:
+    """[model].path names a prompt-free model and the rule names none: its automatic jobs
+    run that model, its mark jobs the bundled promptable one."""
+    from medseg.modelcard import default_model_path
+
+    _, config = server_config(rules=[{"name": "r", "marks": True}])
+    paths = Service(config, workers=0).check_models()
+    assert Path(config.model.path).resolve() in paths
+    assert default_model_path(prompted=True).resolve() in paths

@@ -33,7 +33,7 @@ from tests.server.peers import (
     write_ct,
 )
 from tests.server.test_serve import status
-from tests.tiny_models import make_bright_model
+from tests.tiny_models import make_bright_model, make_prompted_bright_model
 
 
 def corrupt_model(folder: Path) -> Path:
@@ -274,6 +274,11 @@ def test_default_config_needs_the_bundled_model_then_runs(procs: Processes, tmp_
     assert not port_open(port)
 
     make_bright_model(tree / "models" / "sam2unet_phantom.onnx")
+    result = subprocess.run(args, capture_output=True, text=True, cwd=workdir, env=env, timeout=60)
+    line = result.stderr.strip()
+    assert result.returncode != 0 and len(line.splitlines()) == 1, result.stderr
+    assert "sam2unet_prompt.onnx" in line and "missing" in line, "its rule takes marks"
+    make_prompted_bright_model(tree / "models" / "sam2unet_prompt.onnx", (352, 352))
     proc = procs.start(args, "default-serve", env=env, cwd=workdir)
     wait_until(lambda: port_open(port) or proc.poll() is not None, 60, "medseg serve")
     assert proc.poll() is None, log_text(proc)
@@ -284,9 +289,11 @@ def test_default_config_needs_the_bundled_model_then_runs(procs: Processes, tmp_
     assert assoc.send_c_echo().Status == 0
     assoc.release()
     assert "sam2unet_phantom.onnx ready" in log_text(proc)
+    assert "sam2unet_prompt.onnx ready" in log_text(proc), "and the promptable one for marks"
     assert (workdir / "medseg-data").is_dir(), "spool in the folder medseg was started in"
     config = load_config(tree / "pacs_config" / "default.toml")
     assert config.rules and all(rule.model == "" for rule in config.rules)
+    assert all(rule.marks for rule in config.rules) and config.model.prompt_path == ""
 
 
 # -- 7. `medseg status` for an administrator -------------------------------------------------

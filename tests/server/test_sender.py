@@ -23,27 +23,13 @@ from medseg.server.jobs import (
 from medseg.server.jobstore import SqliteJobStore
 from medseg.server.sender import Sender
 from tests.server.peers import CountingReceiver
+from tests.server.records import delivering_job
 from tests.server.test_service import write_seg_like
 
 
 def book(database: Path) -> JobBook:
     """One process's view of the shared job records (its own connection)."""
     return JobBook(SqliteJobStore(database), lease_seconds=60, max_attempts=3)
-
-
-def delivering_job(jobs: JobBook, port: int, output: Path) -> Job:
-    job = Job(
-        job_id_for("1.2.3", 1),
-        "1.2.3",
-        "1.2",
-        "rule",
-        deliveries=(Delivery("recv", "RECEIVER", "127.0.0.1", port),),
-    )
-    jobs.create(job)
-    jobs.claim(job.id, "worker")
-    done = jobs.processed(job.id, "worker", output=str(output))
-    assert done is not None and done.state == DELIVERING
-    return done
 
 
 def test_two_senders_racing_on_one_delivery_send_once(tmp_path: Path) -> None:

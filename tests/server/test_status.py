@@ -17,31 +17,16 @@ from medseg.server.jobs import (
     Delivery,
     Job,
     JobBook,
-    job_id_for,
     settled,
 )
 from medseg.server.jobstore import SqliteJobStore
 from medseg.server.sender import Sender
 from medseg.server.status import collect_status, format_status
 from tests.server.peers import CountingReceiver, free_port
+from tests.server.records import delivering_job
 from tests.server.test_service import write_seg_like
 
 HOUR = 3600.0
-
-
-def _delivering(book: JobBook, port: int, output: Path) -> Job:
-    job = Job(
-        job_id_for("1.2.3.4", 1),
-        "1.2.3.4",
-        "1.2.3",
-        "all",
-        deliveries=(Delivery("recv", "RECEIVER", "127.0.0.1", port),),
-    )
-    book.create(job)
-    book.claim(job.id, "worker")
-    done = book.processed(job.id, "worker", output=str(output))
-    assert done is not None and done.state == DELIVERING
-    return done
 
 
 def _setup(server_config: Callable, tmp_path: Path) -> tuple:
@@ -61,7 +46,7 @@ def test_oldest_waiting_counts_from_when_the_seg_was_written_not_the_last_attemp
     must not reset "oldest" to a second."""
     config, store, book, sender = _setup(server_config, tmp_path)
     try:
-        job = _delivering(book, free_port(), tmp_path / "seg.dcm")
+        job = delivering_job(book, free_port(), tmp_path / "seg.dcm", "1.2.3.4")
         an_hour_ago = job.delivering_since - HOUR
         aged = dataclasses.replace(
             job, created=an_hour_ago, delivering_since=an_hour_ago, version=job.version + 1
@@ -86,7 +71,7 @@ def test_a_job_whose_only_delivery_is_undeliverable_is_failed_not_done(
     config, store, book, sender = _setup(server_config, tmp_path)
     try:
         with CountingReceiver(status=0xC211) as receiver:
-            job = _delivering(book, receiver.port, tmp_path / "seg.dcm")
+            job = delivering_job(book, receiver.port, tmp_path / "seg.dcm", "1.2.3.4")
             for _ in range(sender.config.permanent_failure_tries):
                 sender.deliver(job.id, "recv", Path(job.output), job.created)
                 book.update_delivery(
