@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from medseg.body import DEFAULT_BODY, BodyCriteria, body_slices
 from medseg.dicom.files import SkippedFile
 from medseg.dicom.marks import Mark, marks_to_prompts
 from medseg.dicom.volume import Volume
@@ -66,6 +67,9 @@ class SegmentOptions:
     ``marks`` (a reader's GSPS/SR marks, ``medseg.dicom.marks``) become prompts once the
     series is loaded, beside ``prompts``. ``report`` is where the TID 1500 Measurement
     Report SR of the SEG's lesions goes (``medseg.results.report``), if anywhere.
+    ``body`` says which slices hold any of the body (``medseg.body``): in automatic
+    segmentation the others are not run through the network (their mask is empty); None
+    runs every slice.
     """
 
     model: Path | None = None
@@ -89,6 +93,7 @@ class SegmentOptions:
     batch_size: int = 4
     preview: Path | None = None
     report: Path | None = None
+    body: BodyCriteria | None = DEFAULT_BODY
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
@@ -173,6 +178,7 @@ class VolumeResult:
     tiles: int = 0
     lesions: np.ndarray | None = None  # prompted jobs: 1..n per prompted lesion, 0 = none
     prompts: tuple[Prompt, ...] = ()  # every prompt the job ran (command line and marks)
+    not_run: tuple[int, ...] = ()  # slices outside the body, never run through the network
 
 
 @dataclass(frozen=True)
@@ -189,6 +195,7 @@ class SegmentResult:
     skipped: tuple[SkippedFile, ...]
     preview: Path | None = None
     report: Path | None = None
+    slices_not_run: int = 0  # outside the body: no inference spent on them
 
     def summary(self) -> str:
         """One line: slices, segmented volume, time, output."""
@@ -404,9 +411,18 @@ def segment_volume_result(
         return _segment_prompted(volume, engine, card, window, flips, level, prompts, options)
     refinement = _refinement(card, options)
     tiles, blender = _sliding_tiles(volume, card)
+    start = time.perf_counter()
+    not_run: tuple[int, ...] = ()
+    if options.body is not None:
+        body = body_slices(volume, options.body)
+        not_run = tuple(int(k) for k in np.flatnonzero(~body))
+        tiles = tuple(t for t in tiles if body[t.k])
+    body_seconds = time.perf_counter() - start
     log.info(
-        "segmenting %d slices as %d %s, window %s, engine %s, test-time flips %s, refinement %s",
+        "segmenting %d slices (%d outside the body not run) as %d %s, window %s, engine %s, "
+        "test-time flips %s, refinement %s",
         volume.shape[0],
+        len(not_run),
         len(tiles),
         _tile_unit(blender),
         window.source,
@@ -417,6 +433,7 @@ def segment_volume_result(
     probabilities, timings = _run_tiles(
         volume, engine, card, window, tiles, blender, options.batch_size, progress, flips
     )
+    timings["preprocess"] += body_seconds
     start = time.perf_counter()
     if refinement.enabled:  # refined from what the network saw
         marked = threshold(probabilities, level)
@@ -430,7 +447,7 @@ def segment_volume_result(
         raw = redraw_rims(raw, volume.voxels, window, volume.spacing, refinement)
     mask = clean_mask(raw, volume.spacing, options.cleanup)
     timings["postprocess"] += time.perf_counter() - start
-    return VolumeResult(mask, probabilities, window, level, timings, len(tiles))
+    return VolumeResult(mask, probabilities, window, level, timings, len(tiles), not_run=not_run)
 
 
 def _warn_if_not_the_training_window(
@@ -703,6 +720,7 @@ def segment(
         skipped=tuple(loaded.skipped),
         preview=options.preview,
         report=options.report,
+        slices_not_run=len(result.not_run),
     )
 
 
