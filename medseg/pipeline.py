@@ -203,10 +203,12 @@ class SegmentResult:
     slices_not_run: int = 0  # outside the body: no inference spent on them
 
     def summary(self) -> str:
-        """One line: slices, segmented volume, time, output."""
+        """One line: slices (and those outside the body, not run), segmented volume, time,
+        output."""
+        outside = f" ({self.slices_not_run} outside the body)" if self.slices_not_run else ""
         return (
-            f"{self.slices} slices, {self.volume_ml:.2f} ml segmented in {self.seconds:.1f} s "
-            f"({self.engine}) -> {self.output}"
+            f"{self.slices} slices{outside}, {self.volume_ml:.2f} ml segmented in "
+            f"{self.seconds:.1f} s ({self.engine}) -> {self.output}"
         )
 
 

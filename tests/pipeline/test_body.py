@@ -135,6 +135,7 @@ def test_the_seg_still_references_every_source_slice(tmp_path: Path) -> None:
     options = SegmentOptions(model=model, window="150/300", test_time_flips=())
     result = segment([series.paths[0].parent], tmp_path / "out.seg.dcm", options)
     assert result.slices_not_run == 4
+    assert "10 slices (4 outside the body)" in result.summary()
     seg = pydicom.dcmread(result.output)
     (referenced,) = seg.ReferencedSeriesSequence
     uids = {item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence}
