@@ -140,3 +140,12 @@ def test_the_seg_still_references_every_source_slice(tmp_path: Path) -> None:
     (referenced,) = seg.ReferencedSeriesSequence
     uids = {item.ReferencedSOPInstanceUID for item in referenced.ReferencedInstanceSequence}
     assert uids == set(series.sop_uids)
+
+
+def test_a_series_of_air_only_runs_nothing_and_finds_nothing(tmp_path: Path) -> None:
+    volume = make_volume(body_in_air(5, 0, -1, air=-1000.0, tissue=40.0, noise=10.0))
+    with bright_engine(tmp_path, (48, 48)) as (engine, card):
+        engine.run = None  # type: ignore[method-assign]  # any call would fail
+        result = segment_volume_result(volume, engine, card, SegmentOptions(window="150/300"))
+    assert result.not_run == (0, 1, 2, 3, 4) and result.tiles == 0
+    assert not result.mask.any()
