@@ -79,6 +79,10 @@ def read_received(encoded: bytes, transfer_syntax: UID) -> ReceivedDataset:
         implicit, little = False, True
     stream = BytesIO(encoded)  # shares ``encoded``'s buffer (CPython copies on write only)
     header = read_dataset(stream, implicit, little, stop_when=_stop_at_pixels)
+    # pydicom reads a data set encoded with the other VR encoding than its transfer
+    # syntax says as it is encoded (with a warning); the pixel element is read alike
+    detected = header.original_encoding[0]
+    implicit = implicit if detected is None else bool(detected)
     start = stream.tell()
     if start >= len(encoded):
         return ReceivedDataset(header, None)

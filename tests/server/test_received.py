@@ -93,3 +93,17 @@ def test_elements_after_the_pixel_data_must_decode(tmp_path: Path) -> None:
     broken = struct.pack("<HH2sH", 0xFFFC, 0xFFFC, b"OB", 0) + b"\xff\xff"  # length cut
     with pytest.raises(Exception):  # noqa: B017 - whatever pydicom raises: undecodable
         read_received(encoded + broken, syntax)
+
+
+@pytest.mark.filterwarnings("ignore:Expected explicit VR")
+def test_implicit_data_set_under_an_explicit_syntax_reads_as_pydicom_reads_it(
+    tmp_path: Path,
+) -> None:
+    series = write_ct(tmp_path / "ct", slices=1)
+    ds = pydicom.dcmread(series.paths[0])
+    encoded = encode(ds, True, True)  # implicit VR bytes, sent under explicit VR
+    full = full_decode(encoded, ExplicitVRLittleEndian)
+    received = read_received(encoded, ExplicitVRLittleEndian)
+    assert bytes(received.pixels.value) == full.PixelData == ds.PixelData
+    assert received.header.SOPInstanceUID == ds.SOPInstanceUID
+    check_received_pixels(received, ExplicitVRLittleEndian, is_image=True)
