@@ -546,7 +546,13 @@ def segment_volume_result(
     if refinement.enabled:  # refined from what the network saw
         marked = threshold(probabilities, level)
         probabilities = refine_probabilities(
-            probabilities, volume.voxels, window, volume.spacing[1:], marked, refinement
+            probabilities,
+            volume.voxels,
+            window,
+            volume.spacing[1:],
+            marked,
+            refinement,
+            in_place=True,  # the array is this job's own: no copy of the whole volume
         )
     raw = threshold(probabilities, level)
     if refinement.crosses_slices:  # else no copy of the mask to make
