@@ -388,9 +388,11 @@ def _run_tiles(
     progress: bool,
     flips: tuple[str, ...] = (),
     overlap: bool = True,
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Probabilities (slices, rows, cols) from running every tile; the windows' answers
-    are blended by ``TileBlender``.
+    level: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Probabilities (slices, rows, cols) from running every tile, and where they lie
+    above ``level`` (bool, same shape); the windows' answers are blended by
+    ``TileBlender``. Whole-slice answers are thresholded batch by batch, beside inference.
 
     With ``overlap`` the engine is kept busy: one helper thread prepares batch k+1 while
     batch k runs, another turns batch k-1's output into probabilities (resize back,
@@ -402,6 +404,7 @@ def _run_tiles(
 
     timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
     probabilities = np.zeros(volume.shape, dtype=np.float32)
+    above = np.zeros(volume.shape, dtype=bool)  # slices never run stay below any level
     batches = list(_batches(tiles, batch_size))
     unit = "slice" if blender.single else "window"
     bar = tqdm(total=len(tiles), unit=unit, desc="segment", disable=not progress, leave=False)
@@ -411,6 +414,8 @@ def _run_tiles(
         probs = to_probabilities(output, batch[0].shape, card)
         for tile, prob in zip(batch, probs, strict=True):
             blender.add(probabilities[tile.k], tile.region, prob)
+            if blender.single:  # the slice is final: threshold it now
+                above[tile.k] = threshold(probabilities[tile.k], level)
         return time.perf_counter() - start
 
     workers = 1 if overlap else 0
@@ -438,7 +443,11 @@ def _run_tiles(
         for future in finishing:
             timings["postprocess"] += future.result()
     blender.finish(probabilities)
-    return probabilities, timings
+    if not blender.single:  # windows overlap: only the blended whole is final
+        start = time.perf_counter()
+        above = threshold(probabilities, level)
+        timings["postprocess"] += time.perf_counter() - start
+    return probabilities, above, timings
 
 
 class _Helper:
@@ -529,7 +538,7 @@ def segment_volume_result(
         ",".join(flips) or "none",
         _describe(refinement),
     )
-    probabilities, timings = _run_tiles(
+    probabilities, raw, timings = _run_tiles(
         volume,
         engine,
         card,
@@ -540,21 +549,22 @@ def segment_volume_result(
         progress,
         flips,
         options.overlap,
+        level,
     )
     timings["preprocess"] += body_seconds
     start = time.perf_counter()
-    if refinement.enabled:  # refined from what the network saw
-        marked = threshold(probabilities, level)
+    if refinement.enabled:  # refined from what the network saw (``raw`` until now)
+        touched = np.flatnonzero(raw.any(axis=(1, 2)))  # the only slices it can change
         probabilities = refine_probabilities(
             probabilities,
             volume.voxels,
             window,
             volume.spacing[1:],
-            marked,
+            raw,
             refinement,
             in_place=True,  # the array is this job's own: no copy of the whole volume
         )
-    raw = threshold(probabilities, level)
+        raw[touched] = threshold(probabilities[touched], level)
     if refinement.crosses_slices:  # else no copy of the mask to make
         raw = continue_across_slices(raw, volume.voxels, window, volume.spacing[1:], refinement)
     if refinement.redraws_rims:
