@@ -1,14 +1,20 @@
 """Listener throughput and result latency, beside dcmtk's own storescp on this machine.
 
     python3 benchmarks/bench_listener.py [--slices 300] [--size 512] [--repeats 3] [--model M]
+        [--compare /path/to/other/checkout]
 
 Prints a table: instances per second received for a phantom CT (default 300 slices of
 512x512) sent by dcmtk ``storescu`` to (a) dcmtk ``storescp`` writing to disk and (b)
 ``medseg serve`` (with fsync per instance, the default, and without), TCP_NODELAY=1 on both
-dcmtk sides; then the time from the last instance acknowledged to the SEG delivered to a
-storescp receiver, and that time minus the configured series idle time. The model is
-``--model`` or the bundled one, else the tiny bright-pixel test model (inference cost then
-near zero: the figure is the service's own overhead plus loading and writing).
+dcmtk sides; each once over one association and once split over 4 parallel associations
+(4 storescu processes; storescp then runs with ``--fork``, one process per association).
+The last column is the ratio to dcmtk with the same number of associations. With
+``--compare``, ``medseg serve`` of another checkout (e.g. the main branch, the baseline)
+runs in the same invocation, beside this one. Then the time from the last instance
+acknowledged to the SEG delivered to a storescp receiver, and that time minus the
+configured series idle time. The model is ``--model`` or the bundled one, else the tiny
+bright-pixel test model (inference cost then near zero: the figure is the service's own
+overhead plus loading and writing).
 """
 
 from __future__ import annotations
@@ -28,21 +34,48 @@ sys.path.insert(0, str(REPO))
 from tests.server.peers import DCMTK_ENV, STORESCP, STORESCU, free_port, port_open, wait_until  # noqa: E402
 
 
-def send(port: int, folder: Path, called: str) -> float:
+def send(port: int, folders: list[Path], called: str) -> float:
+    """Seconds to send every folder, each over its own association, all at once."""
     start = time.perf_counter()
-    args = [STORESCU, "-aet", "PACS", "-aec", called, "127.0.0.1", str(port), "+sd", str(folder)]
-    subprocess.run(args, env=DCMTK_ENV, check=True, capture_output=True, timeout=600)
+    procs = [
+        subprocess.Popen(
+            [STORESCU, "-aet", "PACS", "-aec", called, "127.0.0.1", str(port), "+sd", str(f)],
+            env=DCMTK_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for f in folders
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"storescu failed: {err.decode(errors='replace')[-500:]}")
     return time.perf_counter() - start
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen:
+def split(files: list[Path], parts: int, tmp: Path) -> list[Path]:
+    """The series as ``parts`` folders of interleaved instances (hard links)."""
+    folders = []
+    for part in range(parts):
+        folder = tmp / f"part-{parts}-{part}"
+        folder.mkdir()
+        for path in files[part::parts]:
+            (folder / path.name).hardlink_to(path)
+        folders.append(folder)
+    return folders
+
+
+def start(args: list[str], log: Path, pythonpath: Path | None = None) -> subprocess.Popen:
+    env = dict(DCMTK_ENV)
+    if pythonpath is not None:  # another checkout's medseg (the baseline)
+        env["PYTHONPATH"] = str(pythonpath)
     with open(log, "ab") as handle:
         return subprocess.Popen(
             args,
             stdout=handle,
             stderr=subprocess.STDOUT,
-            env=DCMTK_ENV,
-            cwd=REPO,
+            env=env,
+            cwd=pythonpath or REPO,
             start_new_session=True,
         )
 
@@ -117,6 +150,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=2.0, help="series_idle_seconds")
     parser.add_argument("--model", help="model for the latency run (default: bundled)")
     parser.add_argument("--latency-only", action="store_true", help="skip the throughput table")
+    parser.add_argument("--compare", type=Path, help="another checkout to time beside this one")
+    parser.add_argument("--associations", type=int, default=4, help="parallel associations")
     args = parser.parse_args()
 
     from medseg.phantom import write_phantom
@@ -128,41 +163,58 @@ def main() -> None:
         files = sorted(folder.glob("*.dcm"))
         megabytes = sum(f.stat().st_size for f in files) / 1e6
         model, model_name = pick_model(tmp, args.model)
-        rows: list[tuple[str, float]] = []
+        rows: list[tuple[str, int, float]] = []
+        repeats = 0 if args.latency_only else args.repeats
+        layouts = [(1, [folder]), (args.associations, split(files, args.associations, tmp))]
 
         # (a) dcmtk storescp writing every instance to disk
-        times = []
-        for i in range(0 if args.latency_only else args.repeats):
-            port, out = free_port(), tmp / f"dcmtk-{i}"
-            out.mkdir()
-            proc = start([STORESCP, "-aet", "MEDSEG", "-od", str(out), str(port)], tmp / "scp.log")
-            try:
-                wait_until(lambda p=port: port_open(p), 30, "the receiver")
-                times.append(send(port, folder, "MEDSEG"))
-            finally:
-                stop(proc)
-            shutil.rmtree(out)
-        if times:
-            rows.append(("dcmtk storescp -> disk", statistics.median(times)))
-
-        # (b) medseg serve, listener only, with and without fsync per instance
-        for fsync in () if args.latency_only else (True, False):
+        for parallel, folders in layouts:
             times = []
-            for i in range(args.repeats):
-                port, spool = free_port(), tmp / f"spool-{fsync}-{i}"
-                cfg = tmp / "bench.toml"
-                write_config(cfg, port, spool, model, fsync, 0, free_port(), 3600)
+            for i in range(repeats):
+                port, out = free_port(), tmp / f"dcmtk-{parallel}-{i}"
+                out.mkdir()
+                fork = ["--fork"] if parallel > 1 else []
                 proc = start(
-                    [sys.executable, "-m", "medseg", "serve", "-c", str(cfg)], tmp / "serve.log"
+                    [STORESCP, *fork, "-aet", "MEDSEG", "-od", str(out), str(port)],
+                    tmp / "scp.log",
                 )
                 try:
-                    wait_until(lambda p=port: port_open(p), 60, "the receiver")
-                    times.append(send(port, folder, "MEDSEG"))
+                    wait_until(lambda p=port: port_open(p), 30, "the receiver")
+                    times.append(send(port, folders, "MEDSEG"))
+                    wait_until(lambda o=out: len(list(o.iterdir())) == len(files), 60, "files")
                 finally:
                     stop(proc)
-                shutil.rmtree(spool)
-            label = "medseg serve (fsync each)" if fsync else "medseg serve (no fsync)"
-            rows.append((label, statistics.median(times)))
+                shutil.rmtree(out)
+            if times:
+                rows.append(("dcmtk storescp", parallel, statistics.median(times)))
+
+        # (b) medseg serve, listener only, with and without fsync per instance
+        checkouts: list[tuple[str, Path | None]] = [("", None)]
+        if args.compare:
+            checkouts.insert(0, (" [baseline]", args.compare.resolve()))
+        cases = [(True, 1), (True, args.associations), (False, 1)]
+        for suffix, checkout in checkouts:
+            for fsync, parallel in cases:
+                folders = dict(layouts)[parallel]
+                times = []
+                for i in range(repeats):
+                    port, spool = free_port(), tmp / f"spool-{fsync}-{parallel}-{i}"
+                    cfg = tmp / "bench.toml"
+                    write_config(cfg, port, spool, model, fsync, 0, free_port(), 3600)
+                    proc = start(
+                        [sys.executable, "-m", "medseg", "serve", "-c", str(cfg)],
+                        tmp / "serve.log",
+                        checkout,
+                    )
+                    try:
+                        wait_until(lambda p=port: port_open(p), 60, "the receiver")
+                        times.append(send(port, folders, "MEDSEG"))
+                    finally:
+                        stop(proc)
+                    shutil.rmtree(spool)
+                if times:
+                    label = "medseg serve (fsync each)" if fsync else "medseg serve (no fsync)"
+                    rows.append((label + suffix, parallel, statistics.median(times)))
 
         # (c) last instance acknowledged -> SEG delivered, one run
         port, back = free_port(), free_port()
@@ -178,7 +230,7 @@ def main() -> None:
         )
         try:
             wait_until(lambda: port_open(port) and port_open(back), 60, "medseg and the receiver")
-            send(port, folder, "MEDSEG")
+            send(port, [folder], "MEDSEG")
             acked = time.perf_counter()
             wait_until(lambda: any(received.iterdir()), 1800, "the SEG")
             latency = time.perf_counter() - acked
@@ -190,11 +242,15 @@ def main() -> None:
             f"series: {len(files)} instances of {args.size}x{args.size}, {megabytes:.0f} MB; "
             f"median of {args.repeats} runs; TCP_NODELAY=1"
         )
-        print(f"{'receiver':<28} {'seconds':>8} {'inst/s':>8} {'MB/s':>8}")
-        for label, seconds in rows:
+        dcmtk = {n: seconds for label, n, seconds in rows if label == "dcmtk storescp"}
+        print(
+            f"{'receiver':<40} {'assoc':>5} {'seconds':>8} {'inst/s':>8} {'MB/s':>8} {'x dcmtk':>8}"
+        )
+        for label, parallel, seconds in rows:
+            ratio = dcmtk[parallel] / seconds if parallel in dcmtk else float("nan")
             print(
-                f"{label:<28} {seconds:>8.2f} {len(files) / seconds:>8.0f} "
-                f"{megabytes / seconds:>8.0f}"
+                f"{label:<40} {parallel:>5} {seconds:>8.2f} {len(files) / seconds:>8.0f} "
+                f"{megabytes / seconds:>8.0f} {ratio:>8.2f}"
             )
         print()
         print(

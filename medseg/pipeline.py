@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
 
+from medseg.body import DEFAULT_BODY, BodyCriteria, body_slices
 from medseg.dicom.files import SkippedFile
 from medseg.dicom.marks import Mark, marks_to_prompts
 from medseg.dicom.volume import Volume
@@ -36,11 +37,12 @@ from medseg.modelcard import (
 from medseg.postprocess import CleanupOptions, clean_mask, threshold, to_probabilities
 from medseg.preprocess import (
     IntensityWindow,
-    blend_taps,
+    channel0_values,
     context_taps,
     is_auto_window,
     preprocess_slices,
     renormalise_channels,
+    resize_stack,
     resolve_window,
 )
 from medseg.prompts import Prompt, Tracking, lesion_prompts
@@ -52,6 +54,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import pydicom
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 STAGES = ("load", "preprocess", "infer", "postprocess", "write", "preview")
 
@@ -66,6 +70,10 @@ class SegmentOptions:
     ``marks`` (a reader's GSPS/SR marks, ``medseg.dicom.marks``) become prompts once the
     series is loaded, beside ``prompts``. ``report`` is where the TID 1500 Measurement
     Report SR of the SEG's lesions goes (``medseg.results.report``), if anywhere.
+    ``body`` says which slices hold any of the body (``medseg.body``): in automatic
+    segmentation the others are not run through the network (their mask is empty); None
+    runs every slice. ``overlap`` keeps the engine busy: the next batch is prepared and
+    the previous one's output post-processed beside inference (same result without).
     """
 
     model: Path | None = None
@@ -89,6 +97,8 @@ class SegmentOptions:
     batch_size: int = 4
     preview: Path | None = None
     report: Path | None = None
+    body: BodyCriteria | None = DEFAULT_BODY
+    overlap: bool = True
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
@@ -175,6 +185,7 @@ class VolumeResult:
     tiles: int = 0
     lesions: np.ndarray | None = None  # prompted jobs: 1..n per prompted lesion, 0 = none
     prompts: tuple[Prompt, ...] = ()  # every prompt the job ran (command line and marks)
+    not_run: tuple[int, ...] = ()  # slices outside the body, never run through the network
 
 
 @dataclass(frozen=True)
@@ -191,12 +202,15 @@ class SegmentResult:
     skipped: tuple[SkippedFile, ...]
     preview: Path | None = None
     report: Path | None = None
+    slices_not_run: int = 0  # outside the body: no inference spent on them
 
     def summary(self) -> str:
-        """One line: slices, segmented volume, time, output."""
+        """One line: slices (and those outside the body, not run), segmented volume, time,
+        output."""
+        outside = f" ({self.slices_not_run} outside the body)" if self.slices_not_run else ""
         return (
-            f"{self.slices} slices, {self.volume_ml:.2f} ml segmented in {self.seconds:.1f} s "
-            f"({self.engine}) -> {self.output}"
+            f"{self.slices} slices{outside}, {self.volume_ml:.2f} ml segmented in "
+            f"{self.seconds:.1f} s ({self.engine}) -> {self.output}"
         )
 
 
@@ -212,18 +226,56 @@ def _batches(tiles: Sequence[Tile], size: int) -> Iterator[list[Tile]]:
         yield batch
 
 
+class Channel0Cache:
+    """Windowed, resized channel-0 images of the slice regions already prepared.
+
+    With slice context a tile's channels read its neighbouring slices, so consecutive
+    batches share most of their slices; each is windowed and resized once, not once per
+    batch that reads it. Used from one thread (the preparing one); regions before the
+    current batch's first tap are dropped, so it holds a batch's worth at most.
+    """
+
+    def __init__(self) -> None:
+        self._planes: dict[Tile, np.ndarray] = {}
+
+    def planes(
+        self, voxels: np.ndarray, keys: list[Tile], window: IntensityWindow, card: ModelCard
+    ) -> np.ndarray:
+        """(len(keys), H, W) channel-0 images of ``keys``, computing only the new ones."""
+        first = min(key.k for key in keys)
+        self._planes = {key: plane for key, plane in self._planes.items() if key.k >= first}
+        missing = [key for key in keys if key not in self._planes]
+        if missing:
+            for key, plane in zip(missing, _channel0(voxels, missing, window, card), strict=True):
+                self._planes[key] = plane
+        return np.stack([self._planes[key] for key in keys])
+
+
+def _channel0(
+    voxels: np.ndarray, keys: list[Tile], window: IntensityWindow, card: ModelCard
+) -> np.ndarray:
+    """(n, H, W) channel 0 of ``keys``' regions: one window, one resize for the stack."""
+    if all(key.shape == voxels.shape[1:] for key in keys):  # whole slices: one gather
+        crops = voxels[[key.k for key in keys]]
+    else:
+        crops = np.stack([crop_padded(voxels[key.k], key.region, window.low) for key in keys])
+    return channel0_values(resize_stack(window.apply(crops), card.input_size), card)
+
+
 def _prepare(
     voxels: np.ndarray,
     batch: list[Tile],
     window: IntensityWindow,
     card: ModelCard,
     slice_spacing: float,
+    cache: Channel0Cache | None = None,
 ) -> tuple[np.ndarray, float]:
     start = time.perf_counter()
     if card.slice_context_mm > 0:
-        return _prepare_with_context(voxels, batch, window, card, slice_spacing), (
-            time.perf_counter() - start
+        tensor = _prepare_with_context(
+            voxels, batch, window, card, slice_spacing, cache or Channel0Cache()
         )
+        return tensor, time.perf_counter() - start
     if all(t.shape == voxels.shape[1:] for t in batch):  # whole slices: no copy per tile
         crops = voxels[[t.k for t in batch]]
     else:
@@ -237,11 +289,14 @@ def _prepare_with_context(
     window: IntensityWindow,
     card: ModelCard,
     slice_spacing: float,
+    cache: Channel0Cache,
 ) -> np.ndarray:
     """2.5-D input: each channel from its own slice(s), the same region as the tile.
 
-    Every slice region is windowed and resized once per batch, then blended exactly as
-    training blends its stored slices (``medseg.preprocess.blend_taps``).
+    Every slice region is windowed and resized once (``Channel0Cache``), then blended
+    exactly as training blends its stored slices (``medseg.preprocess.blend_taps``: a
+    whole-slice tap is a copy, others ``(1 - w) * lower + w * upper`` in float32), for the
+    whole batch at once.
     """
     taps = [context_taps(t.k, len(voxels), slice_spacing, card) for t in batch]
     keys = list(
@@ -253,19 +308,22 @@ def _prepare_with_context(
         )
     )
     row = {key: i for i, key in enumerate(keys)}
-    crops = np.stack([crop_padded(voxels[key.k], key.region, window.low) for key in keys])
-    channel0 = preprocess_slices(crops, window, card)[:, 0]
-    planes = np.stack(
-        [
-            blend_taps(tile_taps, lambda j, t=t: channel0[row[Tile(j, t.region)]])
-            for t, tile_taps in zip(batch, taps, strict=True)
-        ]
-    )
+    channel0 = cache.planes(voxels, keys, window, card)  # (keys, H, W)
+    pairs = list(zip(batch, taps, strict=True))
+    lower = np.array([[row[Tile(lo, t.region)] for lo, _, _ in tt] for t, tt in pairs])
+    upper = np.array([[row[Tile(up, t.region)] for _, up, _ in tt] for t, tt in pairs])
+    weight = np.array([[w for _, _, w in tt] for tt in taps], dtype=np.float64)  # (n, C)
+    planes = channel0[lower]  # (n, C, H, W): whole-slice taps are exact copies
+    blended = weight > 0
+    if blended.any():  # the weights rounded to float32 as blend_taps rounds them
+        keep = (1.0 - weight[blended]).astype(np.float32)[:, None, None]
+        take = weight[blended].astype(np.float32)[:, None, None]
+        planes[blended] = keep * channel0[lower[blended]] + take * channel0[upper[blended]]
     return renormalise_channels(planes, card)
 
 
 def _prefetched(
-    pool: ThreadPoolExecutor,
+    pool: _Helper,
     voxels: np.ndarray,
     batches: list[list[Tile]],
     window: IntensityWindow,
@@ -274,7 +332,10 @@ def _prefetched(
 ) -> Iterator[tuple[list[Tile], np.ndarray, float]]:
     """Yield (batch, tensor, seconds) while the next batch is already being prepared."""
     pending: Future[tuple[np.ndarray, float]] | None = None
-    prepare = partial(_prepare, voxels, window=window, card=card, slice_spacing=slice_spacing)
+    cache = Channel0Cache()  # used by the pool's one thread only, batch after batch
+    prepare = partial(
+        _prepare, voxels, window=window, card=card, slice_spacing=slice_spacing, cache=cache
+    )
     for index, batch in enumerate(batches):
         current = pending or pool.submit(prepare, batch)
         following = batches[index + 1] if index + 1 < len(batches) else None
@@ -328,38 +389,92 @@ def _run_tiles(
     batch_size: int,
     progress: bool,
     flips: tuple[str, ...] = (),
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Probabilities (slices, rows, cols) from running every tile; preprocessing of the
-    next batch overlaps inference of the current one (numpy and ORT release the GIL).
-    The windows' answers are blended by ``TileBlender``.
+    overlap: bool = True,
+    level: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Probabilities (slices, rows, cols) from running every tile, and where they lie
+    above ``level`` (bool, same shape); the windows' answers are blended by
+    ``TileBlender``. Whole-slice answers are thresholded batch by batch, beside inference.
+
+    With ``overlap`` the engine is kept busy: one helper thread prepares batch k+1 while
+    batch k runs, another turns batch k-1's output into probabilities (resize back,
+    sigmoid, blend) meanwhile (numpy, scipy and ONNX Runtime release the GIL). Each
+    helper handles its batches in order, so the result is the same as without overlap,
+    where the three steps take turns on the calling thread.
     """
     from tqdm import tqdm
 
     timings = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0}
     probabilities = np.zeros(volume.shape, dtype=np.float32)
+    above = np.zeros(volume.shape, dtype=bool)  # slices never run stay below any level
     batches = list(_batches(tiles, batch_size))
     unit = "slice" if blender.single else "window"
     bar = tqdm(total=len(tiles), unit=unit, desc="segment", disable=not progress, leave=False)
-    with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="medseg-prep") as pool:
-        prepared = _prefetched(pool, volume.voxels, batches, window, card, volume.spacing[0])
+
+    def finish(batch: list[Tile], output: np.ndarray) -> float:
+        start = time.perf_counter()
+        probs = to_probabilities(output, batch[0].shape, card)
+        for tile, prob in zip(batch, probs, strict=True):
+            blender.add(probabilities[tile.k], tile.region, prob)
+            if blender.single:  # the slice is final: threshold it now
+                above[tile.k] = threshold(probabilities[tile.k], level)
+        return time.perf_counter() - start
+
+    workers = 1 if overlap else 0
+    with (
+        bar,
+        _Helper(workers, "medseg-prep") as prep_pool,
+        _Helper(workers, "medseg-post") as post_pool,
+    ):
+        prepared = _prefetched(prep_pool, volume.voxels, batches, window, card, volume.spacing[0])
+        finishing: list[Future[float]] = []
         for batch, tensor, prep_seconds in prepared:
             timings["preprocess"] += prep_seconds
             start = time.perf_counter()
             output = _infer(engine, tensor, flips)
             timings["infer"] += time.perf_counter() - start
-            start = time.perf_counter()
             if output.shape != (len(batch), 1, *card.input_size):
                 raise ModelError(
                     f"engine {engine.name} returned {output.shape}, expected "
                     f"({len(batch)}, 1, {card.input_size[0]}, {card.input_size[1]})"
                 )
-            probs = to_probabilities(output, batch[0].shape, card)
-            for tile, prob in zip(batch, probs, strict=True):
-                blender.add(probabilities[tile.k], tile.region, prob)
-            timings["postprocess"] += time.perf_counter() - start
+            finishing.append(post_pool.submit(finish, batch, output))
+            while len(finishing) > 1:  # at most one batch behind: memory stays bounded
+                timings["postprocess"] += finishing.pop(0).result()
             bar.update(len(batch))
+        for future in finishing:
+            timings["postprocess"] += future.result()
     blender.finish(probabilities)
-    return probabilities, timings
+    if not blender.single:  # windows overlap: only the blended whole is final
+        start = time.perf_counter()
+        above = threshold(probabilities, level)
+        timings["postprocess"] += time.perf_counter() - start
+    return probabilities, above, timings
+
+
+class _Helper:
+    """A one-thread executor, or (``workers`` 0) one that runs each call at once on the
+    calling thread: the same steps in the same order, without overlap."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name) if workers else None
+
+    def submit(self, function: Callable[..., T], *args: object) -> Future[T]:
+        if self._pool is not None:
+            return self._pool.submit(function, *args)
+        future: Future[T] = Future()
+        try:
+            future.set_result(function(*args))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future
+
+    def __enter__(self) -> _Helper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _refinement(card: ModelCard, options: SegmentOptions) -> Refinement:
@@ -406,33 +521,59 @@ def segment_volume_result(
         return _segment_prompted(volume, engine, card, window, flips, level, prompts, options)
     refinement = _refinement(card, options)
     tiles, blender = _sliding_tiles(volume, card)
+    start = time.perf_counter()
+    not_run: tuple[int, ...] = ()
+    if options.body is not None:
+        body = body_slices(volume, options.body)
+        not_run = tuple(int(k) for k in np.flatnonzero(~body))
+        tiles = tuple(t for t in tiles if body[t.k])
+    body_seconds = time.perf_counter() - start
     log.info(
-        "segmenting %d slices as %d %s, window %s, engine %s, test-time flips %s, refinement %s",
+        "segmenting %d slices as %d %s (%d slices outside the body not run), window %s, "
+        "engine %s, test-time flips %s, refinement %s",
         volume.shape[0],
         len(tiles),
         _tile_unit(blender),
+        len(not_run),
         window.source,
         engine.name,
         ",".join(flips) or "none",
         _describe(refinement),
     )
-    probabilities, timings = _run_tiles(
-        volume, engine, card, window, tiles, blender, options.batch_size, progress, flips
+    probabilities, raw, timings = _run_tiles(
+        volume,
+        engine,
+        card,
+        window,
+        tiles,
+        blender,
+        options.batch_size,
+        progress,
+        flips,
+        options.overlap,
+        level,
     )
+    timings["preprocess"] += body_seconds
     start = time.perf_counter()
-    if refinement.enabled:  # refined from what the network saw
-        marked = threshold(probabilities, level)
+    if refinement.enabled:  # refined from what the network saw (``raw`` until now)
+        touched = np.flatnonzero(raw.any(axis=(1, 2)))  # the only slices it can change
         probabilities = refine_probabilities(
-            probabilities, volume.voxels, window, volume.spacing[1:], marked, refinement
+            probabilities,
+            volume.voxels,
+            window,
+            volume.spacing[1:],
+            raw,
+            refinement,
+            in_place=True,  # the array is this job's own: no copy of the whole volume
         )
-    raw = threshold(probabilities, level)
+        raw[touched] = threshold(probabilities[touched], level)
     if refinement.crosses_slices:  # else no copy of the mask to make
         raw = continue_across_slices(raw, volume.voxels, window, volume.spacing[1:], refinement)
     if refinement.redraws_rims:
         raw = redraw_rims(raw, volume.voxels, window, volume.spacing, refinement)
     mask = clean_mask(raw, volume.spacing, options.cleanup)
     timings["postprocess"] += time.perf_counter() - start
-    return VolumeResult(mask, probabilities, window, level, timings, len(tiles))
+    return VolumeResult(mask, probabilities, window, level, timings, len(tiles), not_run=not_run)
 
 
 def _warn_if_not_the_training_window(
@@ -705,6 +846,7 @@ def segment(
         skipped=tuple(loaded.skipped),
         preview=options.preview,
         report=options.report,
+        slices_not_run=len(result.not_run),
     )
 
 

@@ -119,6 +119,8 @@ def refine_probabilities(
     pixel_spacing: tuple[float, float],
     marked: np.ndarray,
     settings: Refinement,
+    *,
+    in_place: bool = False,
 ) -> np.ndarray:
     """Probabilities with the borders of ``marked`` redrawn along the image's edges.
 
@@ -126,14 +128,17 @@ def refine_probabilities(
     usually probabilities above the threshold) are (slices, rows, cols); the guide is
     ``image`` through ``window``, the same intensity mapping the network was given. Only
     voxels within the box radius of a marked voxel change; marked voxels one pixel inside a
-    finding keep at least their probability. Returns a new array.
+    finding keep at least their probability. Returns a new array, or with ``in_place``
+    (float32 ``probabilities`` only) ``probabilities`` itself, changed: the same values
+    without copying a whole volume (the pipeline owns its array).
     """
     if not probabilities.shape == image.shape == marked.shape:
         raise ValueError(
             f"probabilities {probabilities.shape}, image {image.shape} and marked voxels "
             f"{marked.shape} must have one shape"
         )
-    out = np.array(probabilities, dtype=np.float32)
+    own = in_place and isinstance(probabilities, np.ndarray) and probabilities.dtype == np.float32
+    out = probabilities if own else np.array(probabilities, dtype=np.float32)
     if not settings.enabled:
         return out
     radius = box_radius(settings.radius_mm, pixel_spacing)

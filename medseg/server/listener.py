@@ -48,7 +48,8 @@ from medseg.server.completion import InstanceInfo, SeriesStudyConflictError, Ser
 from medseg.server.config import ServerConfig
 from medseg.server.guard import ConnectionLimits, GuardedServer
 from medseg.server.markjobs import MarkInbox, MarkRecord, is_mark_class
-from medseg.server.pixels import IncompletePixelDataError, check_pixel_data
+from medseg.server.pixels import IncompletePixelDataError
+from medseg.server.received import check_received_pixels, part10_prefix, read_received
 from medseg.server.sopclasses import IMAGE_CLASSES, OTHER_CLASSES, is_image_class
 from medseg.server.spool import Spool, SpoolFullError
 from medseg.server.uids import UnsafeUidError, checked_uid
@@ -88,6 +89,10 @@ def _status(code: int, comment: str) -> Dataset:
 class StoreHandler:
     """The C-STORE handler: decode the header, check it, spool the encoded bytes, track.
 
+    Only the elements before and after the pixel data are decoded; the pixel data is
+    measured where it lies in the received bytes (``received.py``), and those bytes are
+    written to the spool behind a preamble and file meta naming their transfer syntax.
+
     A presentation state or SR (which may hold a reader's marks) is also recorded in the
     ``marks`` inbox, when one is given, before success is answered.
     """
@@ -104,8 +109,11 @@ class StoreHandler:
         # own C-GET (medseg retrieving a series: medseg.server.retrieve)
         sender = event.assoc.acceptor if event.assoc.is_requestor else event.assoc.requestor
         calling = sender.ae_title
+        transfer_syntax = event.context.transfer_syntax
         try:
-            dataset = event.dataset
+            encoded = event.request.DataSet.getvalue()
+            received = read_received(encoded, transfer_syntax)
+            dataset = received.header  # every element but the pixel data's bytes
             study = checked_uid(dataset.get("StudyInstanceUID"), "StudyInstanceUID")
             series = checked_uid(dataset.get("SeriesInstanceUID"), "SeriesInstanceUID")
             sop = checked_uid(dataset.get("SOPInstanceUID"), "SOPInstanceUID")
@@ -120,7 +128,7 @@ class StoreHandler:
                 peer_host=str(sender.address),
                 is_image=is_image_class(event.request.AffectedSOPClassUID),
             )
-            check_pixel_data(dataset, event.context.transfer_syntax, is_image=info.is_image)
+            check_received_pixels(received, transfer_syntax, is_image=info.is_image)
         except (UnsafeUidError, IncompletePixelDataError) as exc:
             logger.warning("refused an instance from %s: %s", calling, exc)
             return _status(CANNOT_UNDERSTAND, str(exc))
@@ -134,7 +142,7 @@ class StoreHandler:
             known = self.tracker.get(series)
             if known is not None and known.study_uid != study:
                 raise SeriesStudyConflictError(series, known.study_uid, study)
-            path = self.spool.store(event.encoded_dataset(include_meta=True), study, series, sop)
+            path = self.spool.store(encoded, study, series, sop, prefix=part10_prefix(event))
             self.tracker.seen(info)
             sop_class = str(event.request.AffectedSOPClassUID)
             if self.marks is not None and is_mark_class(sop_class):

@@ -32,11 +32,27 @@ def check_pixel_data(dataset: Dataset, transfer_syntax: UID, *, is_image: bool) 
     instance of an image storage class (``is_image``) must have pixel data at all.
     """
     keyword = next((k for k in _PIXEL_KEYWORDS if k in dataset), None)
+    value = (dataset[keyword].value or b"") if keyword is not None else b""
+    check_pixel_value(dataset, keyword, value, transfer_syntax, is_image=is_image)
+
+
+def check_pixel_value(
+    dataset: Dataset,
+    keyword: str | None,
+    value: bytes | memoryview,
+    transfer_syntax: UID,
+    *,
+    is_image: bool,
+) -> None:
+    """``check_pixel_data`` on a pixel value held apart from its dataset's other elements
+    (the listener measures it in the received bytes: ``medseg.server.received``).
+
+    ``keyword`` None means the dataset has no pixel data element.
+    """
     if keyword is None:
         if is_image:
             raise IncompletePixelDataError("the image has no pixel data (dataset cut short?)")
         return
-    value = dataset[keyword].value or b""
     if keyword == "PixelData" and transfer_syntax.is_encapsulated:
         _check_fragments(value, int(dataset.get("NumberOfFrames", 1) or 1))
         return
@@ -52,7 +68,7 @@ def check_pixel_data(dataset: Dataset, transfer_syntax: UID, *, is_image: bool) 
         )
 
 
-def _check_fragments(value: bytes, frames: int) -> None:
+def _check_fragments(value: bytes | memoryview, frames: int) -> None:
     """Encapsulated pixel data: the offset table and fragments are whole items."""
     offset, items = 0, 0
     while offset + _ITEM.size <= len(value):

@@ -394,3 +394,20 @@ def test_continuation_reaches_the_first_and_last_slice_and_does_not_wrap(end: in
     found[end + inward] = ball[end + inward]
     grown = continue_across_slices(found, voxels, WINDOW, (1.0, 1.0), ACROSS)
     assert grown[end].any()
+
+
+def test_refining_in_place_gives_the_same_values_without_a_copy() -> None:
+    rng = np.random.default_rng(4)
+    voxels = rng.normal(40.0, 30.0, size=(5, 40, 40)).astype(np.float32)
+    voxels[1:4, 12:28, 10:30] += 120.0
+    prob = np.zeros_like(voxels)
+    prob[1:4, 13:27, 11:29] = 0.9
+    settings = Refinement(3.0)
+    copied = refine_probabilities(prob, voxels, WINDOW, (1.0, 1.0), prob > 0.5, settings)
+    original = prob.copy()
+    same = refine_probabilities(
+        prob, voxels, WINDOW, (1.0, 1.0), original > 0.5, settings, in_place=True
+    )
+    assert same is prob
+    np.testing.assert_array_equal(same, copied)
+    assert not np.array_equal(copied, original), "the refinement changed something"

@@ -118,11 +118,11 @@ def test_preparing_the_next_batch_overlaps_inference(
     started = [threading.Event() for _ in range(batches)]
     real_prepare = pipeline._prepare
 
-    def prepare(voxels, batch, window, card, slice_spacing):
+    def prepare(voxels, batch, window, card, slice_spacing, **kw):
         index = batch[0].k // options.batch_size
         log.append(f"prepare {index}")
         started[index].set()
-        return real_prepare(voxels, batch, window, card, slice_spacing)
+        return real_prepare(voxels, batch, window, card, slice_spacing, **kw)
 
     engine = open_engine(path, card, threads=1)
     try:
@@ -143,3 +143,79 @@ def test_preparing_the_next_batch_overlaps_inference(
         assert log.index(f"prepare {k + 1}") < log.index(f"infer {k + 1}")
     for k in range(2, batches):
         assert log.index(f"prepare {k}") > log.index(f"infer {k - 2}")
+
+
+class _Announcing:
+    """The real engine, announcing when each batch's inference starts."""
+
+    def __init__(self, engine, inferring: list[threading.Event]) -> None:
+        self.inner, self.inferring = engine, inferring
+        self.name = engine.name
+        self.calls = 0
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        self.inferring[self.calls].set()
+        self.calls += 1
+        return self.inner.run(batch)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_post_processing_of_a_batch_overlaps_the_next_inference(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overlap: bool
+) -> None:
+    """Batch k's post-processing waits for batch k+1's inference to start: only a
+    pipeline that post-processes beside inference sees it start (the wait is bounded)."""
+    volume = make_volume(np.where(balls((7, 24, 24), [(3, 12, 12)], 5.0), 300.0, 0.0))
+    path = tmp_path / "bright.onnx"
+    card = make_bright_model(path, size=(24, 24))
+    options = SegmentOptions(window="150/300", batch_size=2, overlap=overlap)
+    inferring = [threading.Event() for _ in range(4)]  # batches of 2, 2, 2, 1 slices
+    real = pipeline.to_probabilities
+    seen: list[bool] = []
+
+    def to_probabilities(output, shape, card):
+        k = len(seen)
+        seen.append(inferring[k + 1].wait(timeout=0.5 if not overlap else 10) if k < 3 else True)
+        return real(output, shape, card)
+
+    engine = open_engine(path, card, threads=1)
+    try:
+        reference = pipeline.segment_volume_result(volume, engine, card, options)
+        monkeypatch.setattr(pipeline, "to_probabilities", to_probabilities)
+        result = pipeline.segment_volume_result(
+            volume, _Announcing(engine, inferring), card, options
+        )
+    finally:
+        engine.close()
+    assert seen[:3] == [overlap] * 3
+    np.testing.assert_array_equal(result.probabilities, reference.probabilities)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"slice_context_mm": 2.0}, {"pixel_spacing_mm": 0.5}, {"slice_context_mm": 3.0}],
+    ids=["context", "windows", "context-blended"],
+)
+def test_the_result_is_the_same_with_and_without_overlap(tmp_path: Path, extra: dict) -> None:
+    from dataclasses import replace
+
+    from medseg.modelcard import ModelCard
+
+    rng = np.random.default_rng(3)
+    voxels = rng.normal(40.0, 60.0, size=(9, 40, 56)) + 250.0 * balls((9, 40, 56), [(4, 20, 28)], 8)
+    volume = make_volume(voxels.astype(np.float32))
+    path = tmp_path / "bright.onnx"
+    card = make_bright_model(path, size=(24, 24), gain=8.0)
+    card = ModelCard.from_dict({**card.to_dict(), **extra})
+    options = SegmentOptions(window="150/300", batch_size=3, test_time_flips=("horizontal",))
+    engine = open_engine(path, card, threads=1)
+    try:
+        together = pipeline.segment_volume_result(volume, engine, card, options)
+        apart = pipeline.segment_volume_result(
+            volume, engine, card, replace(options, overlap=False)
+        )
+    finally:
+        engine.close()
+    assert together.mask.any()
+    np.testing.assert_array_equal(together.probabilities, apart.probabilities)
+    np.testing.assert_array_equal(together.mask, apart.mask)

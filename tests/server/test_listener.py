@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -179,3 +181,69 @@ def test_associations_beyond_the_maximum_are_rejected(listen: Callable) -> None:
     second = scu(server.port)
     assert second.is_rejected
     first.release()
+
+
+def data_set_of(path: Path) -> bytes:
+    """A DICOM file's bytes after its file meta: what a peer sends and medseg must keep."""
+    raw = path.read_bytes()
+    assert raw[128:132] == b"DICM"
+    return raw[132 + 12 + int.from_bytes(raw[140:144], "little") :]
+
+
+def test_stored_files_are_the_sent_bytes_behind_a_proper_file_meta(
+    listen: Callable, tmp_path: Path
+) -> None:
+    server = listen()
+    series = write_ct(tmp_path / "series", slices=4)
+    assert storescu(server.port, list(series.paths)).returncode == 0
+    folder = server.spool.series_dir(series.study_uid, series.series_uid)
+    for path in series.paths:
+        sent = pydicom.dcmread(path)
+        stored_path = folder / f"{sent.SOPInstanceUID}.dcm"
+        assert data_set_of(stored_path) == data_set_of(path), "byte for byte as sent"
+        stored = pydicom.dcmread(stored_path)
+        meta = stored.file_meta
+        assert meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+        assert meta.MediaStorageSOPInstanceUID == sent.SOPInstanceUID
+        assert meta.MediaStorageSOPClassUID == sent.SOPClassUID
+        dump = subprocess.run(
+            ["dcmdump", "-q", "+E", str(stored_path)], capture_output=True, text=True, timeout=30
+        )
+        assert dump.returncode == 0 and not dump.stderr, dump.stderr
+        assert sent.SOPInstanceUID in dump.stdout and "(7fe0,0010)" in dump.stdout
+
+
+def test_every_transfer_syntax_keeps_its_data_set_bytes(
+    listen: Callable, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # send each file's data set as it is on disk (no parse and re-encode by the sender)
+    monkeypatch.setattr(pynetdicom._config, "STORE_SEND_CHUNKED_DATASET", True)
+    server = listen()
+    files = sorted((shared_dir / "data" / "transfer_syntaxes").glob("*.dcm"))
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    ae = AE(ae_title="PACS")
+    for ds in headers:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="MEDSEG")
+    assert [assoc.send_c_store(f).Status for f in files] == [0] * len(files)
+    assoc.release()
+    for path, ds in zip(files, headers, strict=True):
+        folder = server.spool.series_dir(ds.StudyInstanceUID, ds.SeriesInstanceUID)
+        assert data_set_of(folder / f"{ds.SOPInstanceUID}.dcm") == data_set_of(path), path.name
+
+
+def test_four_parallel_associations_store_everything_durably(
+    listen: Callable, tmp_path: Path
+) -> None:
+    server = listen()
+    sent = [write_ct(tmp_path / f"series{i}", slices=6, seed=i) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda s: storescu(server.port, list(s.paths)), sent))
+    assert [r.returncode for r in results] == [0] * 4, [r.stderr for r in results]
+    for series in sent:
+        folder = server.spool.series_dir(series.study_uid, series.series_uid)
+        for path in series.paths:
+            stored = folder / f"{pydicom.dcmread(path).SOPInstanceUID}.dcm"
+            assert data_set_of(stored) == data_set_of(path)
+        assert server.tracker.get(series.series_uid).received == 6
+    assert not list(server.spool.incoming.rglob("*.tmp")), "no temp file left behind"
