@@ -94,3 +94,34 @@ def write_plain_series(
     c0 = int(np.argmin(np.abs(mm - centre_mm[2])))
     rows, cols = np.nonzero(inside[k0]) if inside[k0].any() else ([r0], [c0])
     return PlainSeries(folder, inside, (k0, r0, c0), (min(rows), min(cols), max(rows), max(cols)))
+
+
+def seg_mask(seg_path: Path, folder: Path, algorithm: str | None = None) -> np.ndarray:
+    """The SEG's mask on ``folder``'s file order (slice k = file k), by its frames' source
+    images; ``algorithm`` keeps only the frames of segments of that SegmentAlgorithmType."""
+    import pydicom
+
+    seg = pydicom.dcmread(seg_path)
+    files = sorted(folder.iterdir())
+    index = {
+        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: k for k, p in enumerate(files)
+    }
+    kept = {
+        int(item.SegmentNumber)
+        for item in seg.SegmentSequence
+        if algorithm is None or item.SegmentAlgorithmType == algorithm
+    }
+    mask = np.zeros((len(files), seg.Rows, seg.Columns), dtype=bool)
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        where = (
+            item
+            if "SegmentIdentificationSequence" in item
+            else seg.SharedFunctionalGroupsSequence[0]
+        )
+        number = int(where.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        if number not in kept:
+            continue
+        source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        mask[index[source]] |= frame.astype(bool)
+    return mask

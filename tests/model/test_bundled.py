@@ -10,7 +10,7 @@ import onnxruntime as ort
 from medseg.cli import main
 from medseg.model.export import sha256_of
 from medseg.modelcard import DEFAULT_MODEL_NAME, default_model_path, load_card_for
-from tests.model.plain_series import write_plain_series
+from tests.model.plain_series import seg_mask, write_plain_series
 
 
 def test_bundled_model_is_the_default_and_its_card_describes_it():
@@ -79,20 +79,8 @@ PLAIN_CT = dict(modality="CT", matrix=320, fov_mm=240.0, slices=30, thickness=2.
 
 
 def _segment_plain(folder: Path, out: Path, *extra: str) -> np.ndarray:
-    import pydicom
-
     assert main(["segment", str(folder), "-o", str(out), "--no-progress", *extra]) == 0
-    seg = pydicom.dcmread(out)
-    files = sorted(folder.iterdir())
-    index = {
-        pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: k for k, p in enumerate(files)
-    }
-    mask = np.zeros((len(files), seg.Rows, seg.Columns), dtype=bool)
-    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
-    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
-        source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
-        mask[index[source]] |= frame.astype(bool)
-    return mask
+    return seg_mask(out, folder)
 
 
 def test_bundled_model_finds_a_lesion_no_medseg_generator_wrote(tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ class GspsWriter:
             "AccessionNumber",
             "ReferringPhysicianName",
         ):
-            setattr(ds, keyword, getattr(first, keyword))
+            setattr(ds, keyword, getattr(first, keyword, ""))  # type 2: may be empty
         ds.SpecificCharacterSet = "ISO_IR 100"
         ds.SOPClassUID = GSPS
         ds.SOPInstanceUID = generate_uid()
