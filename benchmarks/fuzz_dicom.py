@@ -433,12 +433,22 @@ def _server_tracebacks(log: Path) -> tuple[list[str], int]:
         if not line.startswith("Traceback (most recent call last)"):
             continue
         before = lines[i - 1] if i else ""
-        end = next((j for j in range(i + 1, len(lines)) if not lines[j].startswith(" ")), i)
+        # other threads' log lines may land inside a traceback: they are not its end
+        block = [line]
+        for following in lines[i + 1 :]:
+            if LOG_LINE.match(following):
+                continue
+            block.append(following)
+            if not following.startswith(" "):
+                break
         if before.startswith("Exception in thread") or " medseg." in before:
-            crashes.append("\n".join([before, *lines[i : end + 1]]))
+            crashes.append("\n".join([before, *block]))
         else:
             handled += 1
     return crashes, handled
+
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
 
 
 # pynetdicom's own race, not fixed in medseg: a response or abort the association thread
