@@ -83,8 +83,11 @@ def test_rule_box_prompt_segments_its_lesion_through_the_volume(
 def test_a_rule_with_prompts_and_a_prompt_free_model_stops_the_start(
     server_config: Callable, tmp_path: Path
 ) -> None:
+    _, plain = server_config()
     rule = {"name": "boxed", "prompts": ["box=1,1,5,5@2"], "output_folder": str(tmp_path)}
-    _, config = server_config(rules=[rule])
+    # the rule names the prompt-free model itself (naming none, its prompted jobs would run
+    # the bundled promptable model: tests/server/test_mark_jobs.py)
+    _, config = server_config(rules=[{**rule, "model": plain.model.path}])
     service = Service(config, workers=0)
     with pytest.raises(PromptError, match="rule 'boxed' has prompts: model test-bright takes no"):
         service.check_models()
