@@ -11,7 +11,8 @@ the same for both ways in:
   or its UIDs are not UIDs
 - 0xC212 (cannot understand): its SeriesInstanceUID already belongs to another study
 - 0xA900 (dataset does not match SOP class): the dataset's SOP Instance UID differs from
-  the one its envelope names (the C-STORE request, the STOW-RS part's file meta)
+  the one its envelope names (the C-STORE request, the STOW-RS part's file meta), or its
+  study from the one a STOW-RS request names
 - 0xA700 (out of resources): the spool cannot take it (disk full, reserve reached, I/O)
 """
 
@@ -87,10 +88,13 @@ class InstanceStore:
         sop_instance: str,
         sender: Sender,
         prefix: bytes,
+        study_instance: str = "",
     ) -> StoreOutcome:
         """Check ``encoded`` (a data set in ``transfer_syntax``, without file meta) and
         store ``prefix + encoded`` durably; ``sop_class``/``sop_instance`` are what its
-        envelope names, ``prefix`` the preamble and file meta to write before it.
+        envelope names, ``prefix`` the preamble and file meta to write before it;
+        ``study_instance``, when given, the study the instance must belong to (STOW-RS to
+        ``/studies/{study}``).
 
         Only the elements before and after the pixel data are decoded; the pixel data is
         measured where it lies in the received bytes (``received.py``).
@@ -123,6 +127,8 @@ class InstanceStore:
         uids = {"study_uid": study, "series_uid": series, "sop_uid": sop}
         if sop != sop_instance:
             return StoreOutcome(NOT_MATCHING, "SOPInstanceUID differs from the request", **uids)
+        if study_instance and study != study_instance:
+            return StoreOutcome(NOT_MATCHING, "StudyInstanceUID differs from the request", **uids)
         path = None
         try:
             known = self.tracker.get(series)

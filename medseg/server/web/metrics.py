@@ -120,6 +120,12 @@ class ServiceMetrics:
             ["destination"],
             registry=r,
         )
+        self.stow = Counter(
+            "medseg_stow_instances",
+            "STOW-RS parts answered, by status (0x0000 stored, else the failure reason)",
+            ["status"],
+            registry=r,
+        )
         r.register(_Levels(snapshot, spool))
 
     # -- hooks ---------------------------------------------------------------------------
@@ -147,6 +153,9 @@ class ServiceMetrics:
         """Bind the DIMSE hooks to a running pynetdicom server (new associations get them)."""
         server.bind(evt.EVT_DIMSE_RECV, self.dimse_received)
         server.bind(evt.EVT_DIMSE_SENT, self.dimse_sent)
+
+    def stow_answered(self, status: int) -> None:
+        self.stow.labels(f"0x{status:04X}").inc()
 
     def series_completed(self, outcome: str) -> None:
         self.series.labels(outcome).inc()

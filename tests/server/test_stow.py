@@ -1,0 +1,190 @@
+"""STOW-RS in over 127.0.0.1: ``dicomweb-client`` (an independent client) stores a CT
+series into a running ``medseg serve``; each part is checked and stored like a C-STORE
+instance, and the series becomes a job."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from http.client import HTTPConnection
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+import requests
+from dicomweb_client.api import DICOMwebClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from medseg.server.config import ServerConfig
+from medseg.server.jobs import DONE
+from medseg.server.spool import Spool
+from tests.server.peers import Processes, free_port, log_text, port_open, wait_until, write_ct
+from tests.server.test_serve import serve
+from tests.server.test_web import get_json, http, sample
+
+pytest.importorskip("dicomweb_client")
+
+TOKEN = "stow-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+STORED_SEQ, FAILED_SEQ = "ReferencedSOPSequence", "FailedSOPSequence"
+BOUNDARY = "medseg-test-boundary"
+MULTIPART = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def _serve(procs: Processes, server_config: Callable, **web: object) -> tuple[str, ServerConfig]:
+    port = free_port()
+    settings = {"port": port, "tokens_sha256": [hashlib.sha256(TOKEN.encode()).hexdigest()]}
+    path, config = server_config(web={**settings, **web})
+    proc = serve(procs, path, config)
+    wait_until(lambda: port_open(port) or proc.poll() is not None, 30, "the web side")
+    assert proc.poll() is None, log_text(proc)
+    return f"http://127.0.0.1:{port}", config
+
+
+def _client(base: str) -> DICOMwebClient:
+    return DICOMwebClient(url=f"{base}/dicomweb", headers=AUTH)
+
+
+def _multipart(parts: list[bytes]) -> bytes:
+    body = b""
+    for part in parts:
+        body += f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + part
+        body += b"\r\n"
+    return body + f"--{BOUNDARY}--\r\n".encode()
+
+
+@pytest.mark.slow
+def test_dicomweb_client_stores_a_series_and_its_job_runs(
+    procs: Processes, server_config: Callable, tmp_path: Path
+) -> None:
+    base, config = _serve(procs, server_config)
+    series = write_ct(tmp_path / "ct", slices=6)
+    datasets = [pydicom.dcmread(p) for p in series.paths]
+
+    answer = _client(base).store_instances(datasets)
+    stored = answer.get(STORED_SEQ, [])
+    assert {item.ReferencedSOPInstanceUID for item in stored} == set(series.sop_uids)
+    assert FAILED_SEQ not in answer
+    first = stored[0]
+    assert first.ReferencedSOPClassUID == datasets[0].SOPClassUID
+    # (dicomweb-client sends "Host: 127.0.0.1" without the port: the URL says what it said)
+    assert first.RetrieveURL.endswith(
+        f"/dicomweb/studies/{series.study_uid}/series/{series.series_uid}"
+        f"/instances/{first.ReferencedSOPInstanceUID}"
+    )
+
+    # On disk before the answer: the spool holds every instance, as sent.
+    spool = Spool(Path(config.storage.spool))
+    files = spool.series_files(series.study_uid, series.series_uid)
+    assert len(files) == len(series.sop_uids)
+    for path in files:
+        again = pydicom.dcmread(path)
+        assert again.file_meta.MediaStorageSOPInstanceUID == again.SOPInstanceUID
+        assert again.pixel_array.shape == (64, 64)
+
+    # The same series completion and routing as C-STORE: a job, done.
+    api = f"{base}/api/"
+    wait_until(lambda: get_json(api, headers=AUTH)["status"]["jobs"][DONE] == 1, 90, "the STOW job")
+    (job,) = get_json(api, headers=AUTH)["jobs"]
+    assert job["series"] == series.series_uid and job["instances"] == len(series.sop_uids)
+    found = metrics_with_token(base)
+    assert sample(found, "medseg_stow_instances_total", status="0x0000") == len(datasets)
+
+
+def metrics_with_token(base: str) -> dict:
+    """Every sample of /metrics (with the bearer token), by prometheus_client's parser."""
+    status, _, body = http("GET", f"{base}/metrics", headers=AUTH)
+    assert status == 200, body
+    text = body.decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+@pytest.mark.slow
+def test_a_bad_part_fails_while_the_others_are_stored(
+    procs: Processes, server_config: Callable, tmp_path: Path
+) -> None:
+    base, config = _serve(procs, server_config)
+    series = write_ct(tmp_path / "ct", slices=4)
+    parts = [p.read_bytes() for p in series.paths]
+    bad = pydicom.dcmread(series.paths[1])
+    buffer = BytesIO()
+    with pytest.warns(UserWarning, match="Invalid value for VR UI"):
+        bad.SOPInstanceUID = bad.file_meta.MediaStorageSOPInstanceUID = "1.2.3.x/../4"
+        bad.save_as(buffer, enforce_file_format=True)
+    parts[1] = buffer.getvalue()
+
+    status, headers, body = http(
+        "POST",
+        f"{base}/dicomweb/studies",
+        headers={**AUTH, "Content-Type": MULTIPART, "Accept": "application/dicom+json"},
+        data=_multipart(parts),
+    )
+    assert status == 202, body
+    assert headers["Content-Type"] == "application/dicom+json"
+    answer = pydicom.Dataset.from_json(body.decode())
+    stored = {item.ReferencedSOPInstanceUID for item in answer.ReferencedSOPSequence}
+    assert stored == set(series.sop_uids) - {series.sop_uids[1]}
+    (failed,) = answer.FailedSOPSequence
+    assert failed.FailureReason == 0xC210  # what C-STORE answers for a UID that is not one
+    assert failed.ReferencedSOPClassUID == bad.SOPClassUID
+    assert "ReferencedSOPInstanceUID" not in failed, "not a UID: not echoed"
+    spool = Spool(Path(config.storage.spool))
+    assert len(spool.series_files(series.study_uid, series.series_uid)) == 3
+    assert len(list(Path(config.storage.spool).rglob("*.dcm"))) == 3, "nothing else written"
+
+    # To /studies/{study}: an instance of another study fails (0xA900), none stored -> 409.
+    other = write_ct(tmp_path / "other", slices=1)
+    with pytest.raises(requests.HTTPError) as refused:
+        _client(base).store_instances(
+            [pydicom.dcmread(other.paths[0])], study_instance_uid=series.study_uid
+        )
+    assert refused.value.response.status_code == 409
+    answer = pydicom.Dataset.from_json(refused.value.response.json())
+    assert [item.FailureReason for item in answer.FailedSOPSequence] == [0xA900]
+    assert answer.RetrieveURL.endswith(f"/dicomweb/studies/{series.study_uid}")
+    assert not spool.series_files(other.study_uid, other.series_uid)
+
+
+def _chunks(size: int) -> Iterator[bytes]:
+    yield f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    for _ in range(size // 65536):
+        yield b"\0" * 65536
+
+
+@pytest.mark.slow
+def test_oversize_wrong_type_and_unauthenticated_requests_are_refused(
+    procs: Processes, server_config: Callable, tmp_path: Path
+) -> None:
+    base, config = _serve(procs, server_config, max_stow_mb=1)
+    url = f"{base}/dicomweb/studies"
+    part = write_ct(tmp_path / "ct", slices=1).paths[0].read_bytes()
+    body = _multipart([part])
+    assert http("POST", url, data=body, headers={"Content-Type": MULTIPART})[0] == 401
+    wrong = {**AUTH, "Content-Type": "application/dicom"}
+    assert http("POST", url, data=body, headers=wrong)[0] == 415
+    wrong["Content-Type"] = f'multipart/related; type="application/dicom+json"; boundary={BOUNDARY}'
+    assert http("POST", url, data=body, headers=wrong)[0] == 415
+
+    # Announced over the limit: refused before it is read.
+    big = _multipart([part + b"\0" * (2 << 20)])
+    status, _, answer = http("POST", url, data=big, headers={**AUTH, "Content-Type": MULTIPART})
+    assert status == 413, answer
+    # Chunked (no Content-Length): refused once the limit is passed.
+    connection = HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=30)
+    connection.request(
+        "POST",
+        "/dicomweb/studies",
+        body=_chunks(4 << 20),
+        headers={**AUTH, "Content-Type": MULTIPART},
+        encode_chunked=True,
+    )
+    assert connection.getresponse().status == 413
+    connection.close()
+    assert not list(Path(config.storage.spool).rglob("*.dcm"))
+    # Still serving, and the small body is stored.
+    assert http("POST", url, data=body, headers={**AUTH, "Content-Type": MULTIPART})[0] == 200
