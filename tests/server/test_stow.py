@@ -19,11 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from medseg.server.config import ServerConfig
 from medseg.server.jobs import DONE
 from medseg.server.spool import Spool
+from medseg.server.web.stow import StowRequestError, boundary_of, split_parts
 from tests.server.peers import Processes, free_port, log_text, port_open, wait_until, write_ct
-from tests.server.test_serve import serve
+from tests.server.test_serve import check_seg_references, serve
 from tests.server.test_web import get_json, http, sample
-
-pytest.importorskip("dicomweb_client")
 
 TOKEN = "stow-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -32,10 +31,12 @@ BOUNDARY = "medseg-test-boundary"
 MULTIPART = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
 
 
-def _serve(procs: Processes, server_config: Callable, **web: object) -> tuple[str, ServerConfig]:
+def _serve(
+    procs: Processes, server_config: Callable, web: dict | None = None, **kw: object
+) -> tuple[str, ServerConfig]:
     port = free_port()
     settings = {"port": port, "tokens_sha256": [hashlib.sha256(TOKEN.encode()).hexdigest()]}
-    path, config = server_config(web={**settings, **web})
+    path, config = server_config(web={**settings, **(web or {})}, **kw)
     proc = serve(procs, path, config)
     wait_until(lambda: port_open(port) or proc.poll() is not None, 30, "the web side")
     assert proc.poll() is None, log_text(proc)
@@ -55,10 +56,17 @@ def _multipart(parts: list[bytes]) -> bytes:
 
 
 @pytest.mark.slow
-def test_dicomweb_client_stores_a_series_and_its_job_runs(
-    procs: Processes, server_config: Callable, tmp_path: Path
+def test_dicomweb_client_stores_a_series_and_its_seg_reaches_the_destination(
+    procs: Processes, start_receiver: Callable, server_config: Callable, tmp_path: Path
 ) -> None:
-    base, config = _serve(procs, server_config)
+    receiver = start_receiver()
+    archive = {"name": "archive", "ae_title": receiver.ae_title, "host": "127.0.0.1"}
+    base, config = _serve(
+        procs,
+        server_config,
+        destinations=[{**archive, "port": receiver.port}],
+        rules=[{"name": "all", "modalities": ["CT"], "destinations": ["archive"]}],
+    )
     series = write_ct(tmp_path / "ct", slices=6)
     datasets = [pydicom.dcmread(p) for p in series.paths]
 
@@ -88,6 +96,8 @@ def test_dicomweb_client_stores_a_series_and_its_job_runs(
     wait_until(lambda: get_json(api, headers=AUTH)["status"]["jobs"][DONE] == 1, 90, "the STOW job")
     (job,) = get_json(api, headers=AUTH)["jobs"]
     assert job["series"] == series.series_uid and job["instances"] == len(series.sop_uids)
+    (seg_file,) = wait_until(receiver.files, 60, "the SEG at the destination")
+    check_seg_references(seg_file, series)
     found = metrics_with_token(base)
     assert sample(found, "medseg_stow_instances_total", status="0x0000") == len(datasets)
 
@@ -160,7 +170,7 @@ def _chunks(size: int) -> Iterator[bytes]:
 def test_oversize_wrong_type_and_unauthenticated_requests_are_refused(
     procs: Processes, server_config: Callable, tmp_path: Path
 ) -> None:
-    base, config = _serve(procs, server_config, max_stow_mb=1)
+    base, config = _serve(procs, server_config, {"max_stow_mb": 1})
     url = f"{base}/dicomweb/studies"
     part = write_ct(tmp_path / "ct", slices=1).paths[0].read_bytes()
     body = _multipart([part])
@@ -188,3 +198,45 @@ def test_oversize_wrong_type_and_unauthenticated_requests_are_refused(
     assert not list(Path(config.storage.spool).rglob("*.dcm"))
     # Still serving, and the small body is stored.
     assert http("POST", url, data=body, headers={**AUTH, "Content-Type": MULTIPART})[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/dicom", 415),
+        ("multipart/form-data; boundary=x", 415),
+        ('multipart/related; type="application/dicom+xml"; boundary=x', 415),
+        ('multipart/related; type="application/dicom"', 400),
+    ],
+)
+def test_boundary_of_refuses_other_content_types(content_type: str, status: int) -> None:
+    with pytest.raises(StowRequestError) as refused:
+        boundary_of(content_type)
+    assert refused.value.status == status
+
+
+def test_boundary_of_takes_quoted_and_untyped_multipart_related() -> None:
+    assert boundary_of('Multipart/Related; type="application/dicom"; boundary="a b"') == "a b"
+    assert boundary_of("multipart/related; boundary=xyz") == "xyz"
+
+
+def test_split_parts_gives_each_part_and_its_headers_without_copying() -> None:
+    body = _multipart([b"one\r\n--not-the-boundary", b""])
+    parts = list(split_parts(body, BOUNDARY))
+    assert [bytes(p) for _, p in parts] == [b"one\r\n--not-the-boundary", b""]
+    assert all(h.get_content_type() == "application/dicom" for h, _ in parts)
+    assert isinstance(parts[0][1], memoryview)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"no boundary at all",
+        f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\nno close".encode(),
+        f"--{BOUNDARY}\r\nContent-Type: application/dicom".encode(),
+    ],
+)
+def test_split_parts_refuses_a_malformed_body(body: bytes) -> None:
+    with pytest.raises(StowRequestError) as refused:
+        list(split_parts(body, BOUNDARY))
+    assert refused.value.status == 400
