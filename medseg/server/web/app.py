@@ -229,7 +229,7 @@ def _same_origin(request: Request) -> bool:
 
 async def _read_body(request: Request, limit: int) -> bytearray:
     """The request body, refused (413) as soon as it is announced or found to exceed
-    ``limit`` bytes: never more than ``limit`` bytes are held."""
+    ``limit`` bytes: never more than ``limit`` bytes and one received chunk are held."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise StowRequestError(413, f"body of {declared} bytes over web.max_stow_mb")
