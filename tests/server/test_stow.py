@@ -7,8 +7,10 @@ from __future__ import annotations
 import hashlib
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 import pytest
@@ -171,6 +173,19 @@ def _raw_post(port: int, headers: dict[str, str], data: bytes) -> int:
     return int(status_line.split()[1])
 
 
+@contextmanager
+def _stalled_post(port: int, size: int) -> Iterator[BinaryIO]:
+    """A chunked POST that sends ``size`` bytes of its body and then nothing more; yields
+    the connection's reader for the answer."""
+    lines = ["POST /dicomweb/studies HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{k}: {v}" for k, v in AUTH.items()]
+    lines += [f"Content-Type: {MULTIPART}", "Transfer-Encoding: chunked"]
+    data = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in _chunks(size))
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall("\r\n".join(lines).encode() + b"\r\n\r\n" + data)
+        yield conn.makefile("rb")
+
+
 def _chunks(size: int) -> Iterator[bytes]:
     yield f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
     for _ in range(size // 65536):
@@ -181,7 +196,7 @@ def _chunks(size: int) -> Iterator[bytes]:
 def test_oversize_wrong_type_and_unauthenticated_requests_are_refused(
     procs: Processes, server_config: Callable, tmp_path: Path
 ) -> None:
-    base, config = _serve(procs, server_config, {"max_stow_mb": 1})
+    base, config = _serve(procs, server_config, {"max_stow_mb": 1, "stow_stall_seconds": 1})
     url = f"{base}/dicomweb/studies"
     part = write_ct(tmp_path / "ct", slices=1).paths[0].read_bytes()
     body = _multipart([part])
@@ -199,8 +214,26 @@ def test_oversize_wrong_type_and_unauthenticated_requests_are_refused(
     chunks = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in _chunks((1 << 20) + (1 << 17)))
     assert _raw_post(port, {"Transfer-Encoding": "chunked"}, chunks) == 413
     assert not list(Path(config.storage.spool).rglob("*.dcm"))
+
+    # Several bodies at once share the limit: while one holds most of it, another gets 503;
+    # a client that stops sending is cut off after stow_stall_seconds (408), which frees it.
+    def probe() -> int:
+        junk = b"\0" * (300 << 10)  # no multipart boundary in it: 400 once it was read
+        return _raw_post(port, {"Content-Length": str(len(junk))}, junk)
+
+    assert probe() == 400
+    with _stalled_post(port, 800 << 10) as stalled:
+        wait_until(
+            lambda: metrics_with_token(base)["medseg_stow_body_bytes", ()] >= 768 << 10,
+            10,
+            "the stalled body read",
+        )
+        assert probe() == 503
+        assert int(stalled.readline().split()[1]) == 408
+    assert probe() == 400
     # Still serving, and the small body is stored.
     assert http("POST", url, data=body, headers={**AUTH, "Content-Type": MULTIPART})[0] == 200
+    assert metrics_with_token(base)["medseg_stow_body_bytes", ()] == 0, "all given back"
 
 
 @pytest.mark.parametrize(

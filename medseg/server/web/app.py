@@ -7,12 +7,14 @@ and files, which would block an event loop.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import anyio
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -109,6 +111,7 @@ def build_app(backend: WebBackend) -> ASGIApp:
     config = backend.config
     auth = Authenticator(config.web)
     patients = Patients(backend.spool) if config.web.show_patient else None
+    stow_budget = BodyBudget(config.web.max_stow_mb << 20, backend.metrics.stow_bytes.set)
 
     def dashboard(request: Request) -> Response:
         data = snapshot(config, backend.spool, patients)
@@ -169,12 +172,12 @@ def build_app(backend: WebBackend) -> ASGIApp:
             if study:
                 study = checked_uid(study, "study")
             boundary = boundary_of(request.headers.get("content-type", ""))
-            body = await _read_body(request, config.web.max_stow_mb << 20)
+            body = await _read_body(request, stow_budget, config.web.stow_stall_seconds)
         except UnsafeUidError as exc:
             return PlainTextResponse(f"{exc}\n", status_code=400)
         except StowRequestError as exc:
             logger.warning("web: refused a STOW-RS request: %s", exc)
-            return PlainTextResponse(f"{exc}\n", status_code=exc.status)
+            return _refusal(exc)
         client = request.client.host if request.client else ""
         sender = Sender("", client)
         try:
@@ -183,7 +186,9 @@ def build_app(backend: WebBackend) -> ASGIApp:
             )
         except StowRequestError as exc:
             logger.warning("web: refused a STOW-RS request: %s", exc)
-            return PlainTextResponse(f"{exc}\n", status_code=exc.status)
+            return _refusal(exc)
+        finally:
+            stow_budget.give(len(body))
         host = request.headers.get("host") or request.url.netloc
         base = f"{request.url.scheme}://{host}/dicomweb"
         stored = sum(1 for r in results if r.outcome.ok)
@@ -227,18 +232,62 @@ def _same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc == request.headers.get("host", "")
 
 
-async def _read_body(request: Request, limit: int) -> bytearray:
-    """The request body, refused (413) as soon as it is announced or found to exceed
-    ``limit`` bytes: never more than ``limit`` bytes and one received chunk are held."""
+class BodyBudget:
+    """Bytes of STOW-RS bodies held in memory, all requests together, at most ``limit``
+    (``[web] max_stow_mb``): many clients at once cannot exhaust memory either."""
+
+    def __init__(self, limit: int, on_change: Callable[[int], None] = lambda held: None) -> None:
+        self.limit = limit
+        self.held = 0
+        self.on_change = on_change  # the metrics' gauge
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.held + size > self.limit:
+                return False
+            self.held += size
+            self.on_change(self.held)
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+            self.on_change(self.held)
+
+
+async def _read_body(request: Request, budget: BodyBudget, stall: float) -> bytearray:
+    """The request body, each chunk taken from ``budget`` as it arrives (given back by the
+    caller). Refused as soon as the body is announced or found to be larger than the
+    budget's whole limit (413), when other bodies hold the rest of it (503), or when no
+    byte arrives for ``stall`` seconds (408); a refused body gives back what it took."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isdigit() and int(declared) > budget.limit:
         raise StowRequestError(413, f"body of {declared} bytes over web.max_stow_mb")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise StowRequestError(413, "body over web.max_stow_mb")
-    return body
+    stream = request.stream()
+    try:
+        while True:
+            try:
+                with anyio.fail_after(stall):
+                    chunk = await stream.__anext__()
+            except StopAsyncIteration:
+                return body
+            except TimeoutError:
+                raise StowRequestError(408, f"no body bytes for {stall:g} s") from None
+            if len(body) + len(chunk) > budget.limit:
+                raise StowRequestError(413, "body over web.max_stow_mb")
+            if not budget.take(len(chunk)):
+                raise StowRequestError(503, "other STOW-RS bodies fill web.max_stow_mb")
+            body += chunk
+    except StowRequestError:
+        budget.give(len(body))
+        raise
+
+
+def _refusal(exc: StowRequestError) -> Response:
+    headers = {"Retry-After": "10"} if exc.status == 503 else None
+    return PlainTextResponse(f"{exc}\n", status_code=exc.status, headers=headers)
 
 
 def _store_all(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from pynetdicom import evt
@@ -124,6 +124,11 @@ class ServiceMetrics:
             "medseg_stow_instances",
             "STOW-RS parts answered, by status (0x0000 stored, else the failure reason)",
             ["status"],
+            registry=r,
+        )
+        self.stow_bytes = Gauge(
+            "medseg_stow_body_bytes",
+            "Bytes of STOW-RS request bodies held in memory now (at most web.max_stow_mb)",
             registry=r,
         )
         r.register(_Levels(snapshot, spool))
