@@ -309,6 +309,7 @@ def test_two_services_keep_their_own_metrics(
         ({"refresh_seconds": 0}, "web.refresh_seconds: must be positive"),
         ({"max_stow_mb": 0}, "web.max_stow_mb: must be 1..16384"),
         ({"max_stow_mb": "big"}, "web.max_stow_mb"),
+        ({"stow_stall_seconds": 0}, "web.stow_stall_seconds: must be positive"),
         ({"colour": "red"}, "web.colour: unknown key"),
     ],
 )

@@ -14,9 +14,10 @@ The answer is a DICOM JSON data set: ReferencedSOPSequence (0008,1199) for the i
 stored, FailedSOPSequence (0008,1198) with FailureReason (0008,1197) for the others; HTTP
 200 when all were stored, 202 when some failed, 409 when none was stored.
 
-The body is read into memory up to ``[web] max_stow_mb`` (413 beyond it, also when the
-Content-Length announces more), so a hostile client cannot exhaust memory; each part is
-copied out of it while it is stored.
+The body is read into memory (``app.py``: ``_read_body``) within ``[web] max_stow_mb`` for
+all requests together (413 for a body larger than that, also when its Content-Length
+announces more; 503 when other bodies hold the rest; 408 for a client that stalls), so
+hostile clients cannot exhaust memory; each part is copied out of it while it is stored.
 """
 
 from __future__ import annotations
