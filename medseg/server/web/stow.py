@@ -150,8 +150,9 @@ def store_part(
     if syntax not in ACCEPTED_SYNTAXES:
         reason = f"transfer syntax {syntax[:64]!r} not accepted"
         return _failed(CANNOT_UNDERSTAND, reason, sop_class, sop_instance)
-    if not sop_instance.strip():
-        return _failed(CANNOT_UNDERSTAND, "no MediaStorageSOPInstanceUID", sop_class)
+    if not is_uid(sop_instance):  # as commands.py answers a C-STORE request's own UIDs
+        reason = f"MediaStorageSOPInstanceUID {sop_instance[:70]!r} is not a valid DICOM UID"
+        return _failed(CANNOT_UNDERSTAND, reason, sop_class, sop_instance)
     transfer_syntax = UID(syntax)
     prefix = b"\x00" * 128 + b"DICM"
     meta = create_file_meta(
