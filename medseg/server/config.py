@@ -291,6 +291,8 @@ class WebConfig:
     show_patient: bool = False
     refresh_seconds: float = 5.0
     jobs_shown: int = 200
+    max_stow_mb: int = 256
+    stow_stall_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         _require(bool(self.host), "host", "must name an address (127.0.0.1 = this machine only)")
@@ -324,6 +326,12 @@ class WebConfig:
         )
         _require(self.refresh_seconds > 0, "refresh_seconds", "must be positive")
         _require(self.jobs_shown >= 1, "jobs_shown", "must be >= 1")
+        _require(
+            1 <= self.max_stow_mb <= 16384,
+            "max_stow_mb",
+            "must be 1..16384 (MB of STOW-RS request bodies, held in memory)",
+        )
+        _require(self.stow_stall_seconds > 0, "stow_stall_seconds", "must be positive")
 
     @property
     def authenticated(self) -> bool:

@@ -3,22 +3,16 @@
 Connections pass the guard first (``guard.py``: TLS handshake and association request
 in time and of bounded size, PDU lengths, per-address limit). Access control happens when
 the association is requested (called AE title is ours, calling AE title on the allow list,
-optionally from given source addresses). Each received instance is written to the spool
-exactly as it was encoded, durably, before the success status is sent; every failure on the
-way becomes one DIMSE status here:
-
-- 0xC210 (cannot understand): the dataset does not decode, its pixel data is incomplete,
-  or its UIDs are not UIDs (the request's own UIDs: ``commands.py``)
-- 0xC212 (cannot understand): its SeriesInstanceUID already belongs to another study
-- 0xA900 (dataset does not match SOP class): the dataset's SOP UIDs differ from the request
-- 0xA700 (out of resources): the spool cannot take it (disk full, reserve reached, I/O)
-- 0xC211 (pynetdicom's answer when a handler raises): a bug, logged with its traceback
+optionally from given source addresses). Each received instance goes through
+``ingest.InstanceStore`` (the path STOW-RS takes too): written to the spool exactly as it
+was encoded, durably, before the success status is sent; every failure on the way becomes
+one DIMSE status (listed there; the request's own UIDs are checked in ``commands.py``).
+0xC211 (pynetdicom's answer when a handler raises) is a bug, logged with its traceback.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 import ssl
 import threading
 from typing import Any
@@ -44,15 +38,22 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.utils import make_target
 
 from medseg.errors import ConfigError
-from medseg.server.completion import InstanceInfo, SeriesStudyConflictError, SeriesTracker
+from medseg.server.completion import SeriesTracker
 from medseg.server.config import ServerConfig
 from medseg.server.guard import ConnectionLimits, GuardedServer
-from medseg.server.markjobs import MarkInbox, MarkRecord, is_mark_class
-from medseg.server.pixels import IncompletePixelDataError
-from medseg.server.received import check_received_pixels, part10_prefix, read_received
-from medseg.server.sopclasses import IMAGE_CLASSES, OTHER_CLASSES, is_image_class
-from medseg.server.spool import Spool, SpoolFullError
-from medseg.server.uids import UnsafeUidError, checked_uid
+from medseg.server.ingest import (
+    CANNOT_UNDERSTAND,
+    NOT_MATCHING,
+    OUT_OF_RESOURCES,
+    SERIES_IN_OTHER_STUDY,
+    SUCCESS,
+    InstanceStore,
+    Sender,
+)
+from medseg.server.markjobs import MarkInbox
+from medseg.server.received import part10_prefix
+from medseg.server.sopclasses import IMAGE_CLASSES, OTHER_CLASSES
+from medseg.server.spool import Spool
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +73,16 @@ TRANSFER_SYNTAXES = [
     RLELossless,
 ]
 
-CANNOT_UNDERSTAND = 0xC210
-SERIES_IN_OTHER_STUDY = 0xC212
-NOT_MATCHING = 0xA900
-OUT_OF_RESOURCES = 0xA700
-SUCCESS = 0x0000
+__all__ = [
+    "CANNOT_UNDERSTAND",
+    "NOT_MATCHING",
+    "OUT_OF_RESOURCES",
+    "SERIES_IN_OTHER_STUDY",
+    "SUCCESS",
+    "TRANSFER_SYNTAXES",
+    "StoreHandler",
+    "start_listener",
+]
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -87,82 +93,33 @@ def _status(code: int, comment: str) -> Dataset:
 
 
 class StoreHandler:
-    """The C-STORE handler: decode the header, check it, spool the encoded bytes, track.
+    """The C-STORE handler: the instance goes through ``ingest.InstanceStore`` (checked,
+    spooled durably, tracked) and its outcome becomes the DIMSE status.
 
-    Only the elements before and after the pixel data are decoded; the pixel data is
-    measured where it lies in the received bytes (``received.py``), and those bytes are
-    written to the spool behind a preamble and file meta naming their transfer syntax.
-
-    A presentation state or SR (which may hold a reader's marks) is also recorded in the
-    ``marks`` inbox, when one is given, before success is answered.
+    The bytes are written to the spool behind a preamble and file meta naming the
+    request's SOP class and instance and its presentation context's transfer syntax.
     """
 
     def __init__(
         self, spool: Spool, tracker: SeriesTracker, marks: MarkInbox | None = None
     ) -> None:
-        self.spool = spool
-        self.tracker = tracker
-        self.marks = marks
+        self.instances = InstanceStore(spool, tracker, marks)
 
     def __call__(self, event: Any) -> int | Dataset:
         # who sent it: the caller of an association we accepted, or the PACS answering our
         # own C-GET (medseg retrieving a series: medseg.server.retrieve)
-        sender = event.assoc.acceptor if event.assoc.is_requestor else event.assoc.requestor
-        calling = sender.ae_title
-        transfer_syntax = event.context.transfer_syntax
-        try:
-            encoded = event.request.DataSet.getvalue()
-            received = read_received(encoded, transfer_syntax)
-            dataset = received.header  # every element but the pixel data's bytes
-            study = checked_uid(dataset.get("StudyInstanceUID"), "StudyInstanceUID")
-            series = checked_uid(dataset.get("SeriesInstanceUID"), "SeriesInstanceUID")
-            sop = checked_uid(dataset.get("SOPInstanceUID"), "SOPInstanceUID")
-            info = InstanceInfo(
-                study_uid=study,
-                series_uid=series,
-                sop_uid=sop,
-                modality=str(dataset.get("Modality", "") or ""),
-                body_part=str(dataset.get("BodyPartExamined", "") or ""),
-                description=str(dataset.get("SeriesDescription", "") or ""),
-                calling_ae=calling,
-                peer_host=str(sender.address),
-                is_image=is_image_class(event.request.AffectedSOPClassUID),
-            )
-            check_received_pixels(received, transfer_syntax, is_image=info.is_image)
-        except (UnsafeUidError, IncompletePixelDataError) as exc:
-            logger.warning("refused an instance from %s: %s", calling, exc)
-            return _status(CANNOT_UNDERSTAND, str(exc))
-        except Exception as exc:  # the network boundary: any decode failure is a status
-            logger.warning("refused an undecodable instance from %s: %s", calling, exc)
-            return _status(CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
-        if sop != event.request.AffectedSOPInstanceUID:
-            return _status(NOT_MATCHING, "SOPInstanceUID differs from the C-STORE request")
-        path = None
-        try:
-            known = self.tracker.get(series)
-            if known is not None and known.study_uid != study:
-                raise SeriesStudyConflictError(series, known.study_uid, study)
-            path = self.spool.store(encoded, study, series, sop, prefix=part10_prefix(event))
-            self.tracker.seen(info)
-            sop_class = str(event.request.AffectedSOPClassUID)
-            if self.marks is not None and is_mark_class(sop_class):
-                self.marks.received(
-                    MarkRecord(sop, study, series, sop_class, calling, info.peer_host)
-                )
-                logger.info("mark object %s from %s: waiting for its series", sop, calling)
-        except SeriesStudyConflictError as exc:
-            if path is not None:  # another association won the race: keep its study only
-                self.spool.remove_instance(path)
-            logger.warning("refused instance %s from %s: %s", sop, calling, exc)
-            return _status(SERIES_IN_OTHER_STUDY, "series UID already used by another study")
-        except SpoolFullError as exc:
-            logger.error("spool full, refusing instance %s: %s", sop, exc)
-            return _status(OUT_OF_RESOURCES, str(exc))
-        except (OSError, sqlite3.Error) as exc:  # e.g. the series database on a full disk
-            logger.error("cannot record instance %s: %s", sop, exc)
-            return _status(OUT_OF_RESOURCES, f"cannot record instance: {exc}")
-        logger.debug("stored %s of series %s from %s", sop, series, calling)
-        return SUCCESS
+        peer = event.assoc.acceptor if event.assoc.is_requestor else event.assoc.requestor
+        outcome = self.instances.store(
+            event.request.DataSet.getvalue(),
+            event.context.transfer_syntax,
+            sop_class=str(event.request.AffectedSOPClassUID),
+            sop_instance=str(event.request.AffectedSOPInstanceUID),
+            sender=Sender(peer.ae_title, str(peer.address)),
+            prefix=part10_prefix(event),
+        )
+        if outcome.ok:
+            return SUCCESS
+        return _status(outcome.status, outcome.comment)
 
 
 class AccessControl:

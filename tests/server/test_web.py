@@ -307,6 +307,9 @@ def test_two_services_keep_their_own_metrics(
         ({"users": ["admin:plaintext"]}, "web.users[0]: must be 'name:pbkdf2_sha256$"),
         ({"tls": True}, "web.tls: needs tls.certificate and tls.private_key"),
         ({"refresh_seconds": 0}, "web.refresh_seconds: must be positive"),
+        ({"max_stow_mb": 0}, "web.max_stow_mb: must be 1..16384"),
+        ({"max_stow_mb": "big"}, "web.max_stow_mb"),
+        ({"stow_stall_seconds": 0}, "web.stow_stall_seconds: must be positive"),
         ({"colour": "red"}, "web.colour: unknown key"),
     ],
 )

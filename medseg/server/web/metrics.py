@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from pynetdicom import evt
@@ -120,6 +120,17 @@ class ServiceMetrics:
             ["destination"],
             registry=r,
         )
+        self.stow = Counter(
+            "medseg_stow_instances",
+            "STOW-RS parts answered, by status (0x0000 stored, else the failure reason)",
+            ["status"],
+            registry=r,
+        )
+        self.stow_bytes = Gauge(
+            "medseg_stow_body_bytes",
+            "Bytes of STOW-RS request bodies held in memory now (at most web.max_stow_mb)",
+            registry=r,
+        )
         r.register(_Levels(snapshot, spool))
 
     # -- hooks ---------------------------------------------------------------------------
@@ -147,6 +158,9 @@ class ServiceMetrics:
         """Bind the DIMSE hooks to a running pynetdicom server (new associations get them)."""
         server.bind(evt.EVT_DIMSE_RECV, self.dimse_received)
         server.bind(evt.EVT_DIMSE_SENT, self.dimse_sent)
+
+    def stow_answered(self, status: int) -> None:
+        self.stow.labels(f"0x{status:04X}").inc()
 
     def series_completed(self, outcome: str) -> None:
         self.series.labels(outcome).inc()

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medseg.server.ingest import InstanceStore
 from medseg.server.jobs import Job
 from medseg.server.status import collect_status
 from medseg.server.web.app import WebBackend
@@ -46,6 +47,11 @@ class WebSide:
             enqueue=service.enqueue,
             wake=service.wake,
             metrics=self.metrics,
+            instances=(
+                InstanceStore(service.spool, service.tracker, service.inbox)
+                if service.tracker is not None
+                else None
+            ),
         )
         self.server = WebServer(backend)
         if service.tracker is not None:
