@@ -12,8 +12,9 @@ reaches are run, so one click on a 300-slice series costs a few dozen model call
 
 Stopping rules (plain SAM2 overshoots where an object ends): a slice keeps only the part
 of its answer at the carried click, which must overlap the previous slice's mask (dilated
-by one pixel) and may not grow past ``max_growth`` times the previous area (at least 25
-pixels of the crop); propagation ends at the first slice with nothing left. Each
+by one pixel), may not grow past ``max_growth`` times the previous area (at least 25
+pixels of the crop) and may not fall below ``min_share`` of the lesion's largest
+cross-section; propagation ends at the first slice with nothing left. Each
 positive prompt is one lesion; negative clicks on a slice are drawn into every prompt of
 that slice and, afterwards, drop any part of a lesion they hit.
 """
@@ -256,6 +257,7 @@ def _propagate(
 ) -> int:
     """Carry each front's mask slice by slice until it ends; both fronts share each call."""
     calls = 0
+    peak = max(int(m.sum()) for m, _ in found.values())  # the largest cross-section yet
     active = [(k + step, step, found[k][0]) for k, step in fronts if found[k][0].any()]
     active = [f for f in active if 0 <= f[0] < slices and f[0] not in found]
     while active and calls < rule.max_slices:
@@ -272,12 +274,12 @@ def _propagate(
             # a small cross-section may well grow (a click on a lesion's end slice), so the
             # limit counts at least MIN_AREA pixels for the previous slice
             area = int(mask.sum())
-            peak = max(int(m.sum()) for m, _ in found.values())
             if not area or area > rule.max_growth * max(int(previous.sum()), MIN_AREA):
                 continue
             if area < rule.min_share * peak:  # a tail the lesion does not have
                 continue
             found[k] = (mask, prob)
+            peak = max(peak, area)
             nxt = k + step
             if 0 <= nxt < slices and nxt not in found:
                 following.append((nxt, step, mask))

@@ -11,6 +11,7 @@ failed write, anything unexpected) are retried after ``retry_delay_seconds`` unt
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -97,7 +98,7 @@ class PipelineSegmenter:
         else the bundled promptable model."""
         from medseg.modelcard import default_model_path
 
-        model = rule_model or (self._prompt_default() if prompted else self.config.path)
+        model = rule_model or (self._prompt_default if prompted else self.config.path)
         if model:
             return Path(model).expanduser().resolve()
         try:
@@ -108,8 +109,10 @@ class PipelineSegmenter:
                 f"{exc}: set {key} (or a rule's model) to a .onnx with its model card"
             ) from None
 
+    @functools.cached_property
     def _prompt_default(self) -> str:
-        """``[model].prompt_path``, or ``[model].path`` when that model takes prompts."""
+        """``[model].prompt_path``, or ``[model].path`` when that model takes prompts (its
+        card read once, not for every job)."""
         if self.config.prompt_path or not self.config.path:
             return self.config.prompt_path
         from medseg.modelcard import load_card_for
