@@ -433,10 +433,11 @@ def _server_tracebacks(log: Path) -> tuple[list[str], int]:
         if not line.startswith("Traceback (most recent call last)"):
             continue
         before = lines[i - 1] if i else ""
-        # other threads' log lines may land inside a traceback: they are not its end
+        # other threads' log lines, and the first lines of their own tracebacks, may land
+        # inside a traceback: they are not its end
         block = [line]
         for following in lines[i + 1 :]:
-            if LOG_LINE.match(following):
+            if LOG_LINE.match(following) or following.startswith(INTERLEAVED):
                 continue
             block.append(following)
             if not following.startswith(" "):
@@ -448,6 +449,7 @@ def _server_tracebacks(log: Path) -> tuple[list[str], int]:
     return crashes, handled
 
 
+INTERLEAVED = ("Traceback (most recent call last)", "Exception in thread")
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
 
 
